@@ -1,0 +1,2 @@
+# aura: rules land with the method (see its issue). When enabled, a method
+# appends its model folders to MODEL_VARIANTS.

@@ -1,0 +1,54 @@
+# Shared helpers: config validation, paths, and the variant registry that the
+# method rule files extend.
+import json
+import os
+import sys
+
+from detoxflow.config import validate_config
+from detoxflow.errors import DetoxflowError
+
+try:
+    validate_config(config, os.path.join(workflow.basedir, "workflow", "schemas"))
+except DetoxflowError as exc:
+    raise WorkflowError(str(exc)) from None
+
+# Rules call the `detoxflow` CLI; make the one installed beside this snakemake
+# visible even when the virtual environment is not activated (a conda env
+# activated by --software-deployment-method conda still comes first in PATH).
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+
+ENV = "../envs/detoxflow.yaml"
+RESULTS = "results"
+MODELS = f"{RESULTS}/models"
+LOGS = f"{RESULTS}/logs"
+BENCH = f"{RESULTS}/benchmarks"
+
+# Model variants (folders under results/models) that go through the evaluation.
+# Method rule files append theirs when enabled.
+MODEL_VARIANTS = ["base"]
+# Extra per-model metric files (a pattern with {model}) merged into the summary;
+# e.g. SafeEdit defense metrics.
+EXTRA_MODEL_METRICS = []
+# Extra outputs a method wants built by `all` and shown in the report (plots...).
+EXTRA_TARGETS = []
+
+
+def as_json(obj):
+    """Serialise a config section for a rule's params (passed as one CLI argument)."""
+    return json.dumps(obj, sort_keys=True)
+
+
+def recipe_path(name):
+    if name not in config["datasets"]:
+        raise WorkflowError(
+            f"dataset recipe '{name}' is referenced but not defined under `datasets:` "
+            f"(defined: {', '.join(sorted(config['datasets'])) or 'none'})"
+        )
+    return f"{RESULTS}/data/{name}.jsonl"
+
+
+def model_runtime_args():
+    m = config["model"]
+    return f"--dtype {m['dtype']} --device {m['device']}" + (
+        " --trust-remote-code" if m["trust_remote_code"] else ""
+    )

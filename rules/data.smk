@@ -1,0 +1,21 @@
+# Dataset recipes -> results/data/<recipe>.jsonl (one JSON object a row, `text` + source columns).
+
+
+rule dataset:
+    output:
+        f"{RESULTS}/data/{{recipe}}.jsonl",
+    params:
+        recipe=lambda w: as_json(config["datasets"][w.recipe]),
+        data_root=config["data_root"] or "",
+    wildcard_constraints:
+        recipe="|".join(config["datasets"]) or "__none__",
+    log:
+        f"{LOGS}/data/{{recipe}}.log",
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        ENV
+    shell:
+        "detoxflow dataset --name {wildcards.recipe} --recipe {params.recipe:q} "
+        "--data-root {params.data_root:q} --out {output} > {log} 2>&1"

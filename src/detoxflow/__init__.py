@@ -1,0 +1,10 @@
+"""detoxflow: reproducible detoxification of language models.
+
+The package holds all logic; the Snakemake rules call its CLI (``detoxflow``).
+Layers: ``data`` (dataset recipes) -> ``methods`` (each writes a Hugging Face
+model folder) -> ``evaluation`` side (``generation``, ``scoring``, ``metrics``)
+-> ``summary``. Methods never import the evaluation side, and nothing here
+imports snakemake.
+"""
+
+__version__ = "0.1.0"

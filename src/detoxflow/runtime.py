@@ -1,0 +1,48 @@
+"""Device, dtype and seeding: one place that turns config strings into torch objects."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from .errors import DetoxflowError
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> cuda when available, else cpu. ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DetoxflowError(f"device '{name}' requested but no CUDA GPU is visible; use device: auto or cpu")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise DetoxflowError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str = "float32", device: torch.device | None = None) -> torch.dtype:
+    """``auto`` -> bfloat16 on a GPU that supports it, else float32."""
+    if name == "auto":
+        if device is not None and device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise DetoxflowError(f"unknown dtype '{name}'; use one of auto, float32, bfloat16, float16") from None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
