@@ -23,6 +23,7 @@ include: "rules/data.smk"
 include: "rules/task_vectors.smk"
 include: "rules/aura.smk"
 include: "rules/dinm.smk"
+include: "rules/safeedit.smk"
 include: "rules/evaluate.smk"
 include: "rules/summary.smk"
 

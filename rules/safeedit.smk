@@ -1,0 +1,1 @@
+# safeedit: SafeEdit defense metrics for every model variant (lands with the DINM issue).
