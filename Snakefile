@@ -14,9 +14,6 @@ from snakemake.utils import min_version
 min_version("8.0")
 
 
-configfile: "config.yaml"
-
-
 include: "rules/common.smk"
 include: "rules/models.smk"
 include: "rules/data.smk"

@@ -4,9 +4,18 @@ import json
 import os
 import sys
 
-from detoxflow.config import validate_config
+import yaml
+
+from detoxflow.config import deep_update, validate_config
 from detoxflow.errors import DetoxflowError
 
+# config.yaml holds the defaults; --configfile files and --config values (already
+# in `config`) are deep-merged over it, so an overlay only names what changes.
+_overrides = dict(config)
+config.clear()
+with open(os.path.join(workflow.basedir, "config.yaml")) as _fh:
+    config.update(yaml.safe_load(_fh) or {})
+deep_update(config, _overrides)
 try:
     validate_config(config, os.path.join(workflow.basedir, "workflow", "schemas"))
 except DetoxflowError as exc:

@@ -6,7 +6,7 @@ rule dataset:
         f"{RESULTS}/data/{{recipe}}.jsonl",
     params:
         recipe=lambda w: as_json(config["datasets"][w.recipe]),
-        data_root=config["data_root"] or "",
+        data_root=f"--data-root {config['data_root']}" if config["data_root"] else "",
     wildcard_constraints:
         recipe="|".join(config["datasets"]) or "__none__",
     log:
@@ -18,4 +18,4 @@ rule dataset:
         ENV
     shell:
         "detoxflow dataset --name {wildcards.recipe} --recipe {params.recipe:q} "
-        "--data-root {params.data_root:q} --out {output} > {log} 2>&1"
+        "{params.data_root} --out {output} > {log} 2>&1"

@@ -6,7 +6,7 @@ rule materialise_base_model:
         directory(f"{MODELS}/base"),
     params:
         spec=config["model"]["base"],
-        revision=config["model"]["revision"] or "",
+        revision=f"--revision {config['model']['revision']}" if config["model"]["revision"] else "",
         dtype=config["model"]["dtype"],
         trust="--trust-remote-code" if config["model"]["trust_remote_code"] else "",
     log:
@@ -19,5 +19,5 @@ rule materialise_base_model:
     conda:
         ENV
     shell:
-        "detoxflow materialise --spec {params.spec:q} --revision {params.revision:q} "
+        "detoxflow materialise --spec {params.spec:q} {params.revision} "
         "--dtype {params.dtype} {params.trust} --out {output} > {log} 2>&1"

@@ -1,7 +1,7 @@
 # One table, plots and report material over every evaluated run.
 
 
-def summary_inputs():
+def summary_inputs(wildcards):
     runs = eval_runs()
     models = sorted({m for m, _ in runs})
     return {

@@ -1,0 +1,149 @@
+"""Subcommands of the evaluation: generate, score-toxicity, perplexity, summarize.
+
+They read model folders and know nothing of the method that made them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..errors import DetoxflowError
+from . import json_arg
+
+log = logging.getLogger(__name__)
+
+
+def _add_runtime(p) -> None:
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--trust-remote-code", action="store_true")
+
+
+def _generate(args) -> None:
+    from ..generation import generate_continuations
+    from ..io import read_jsonl, write_jsonl
+    from ..models import load_model, load_tokenizer
+
+    s = args.settings
+    prompts = read_jsonl(args.prompts)
+    if not prompts:
+        raise DetoxflowError(f"{args.prompts}: no prompts")
+    model = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    tokenizer = load_tokenizer(args.model)
+    preprompt = s.get("preprompt", "")
+    inputs = [preprompt + p["text"] for p in prompts]
+    outputs = generate_continuations(
+        model, tokenizer, inputs,
+        max_new_tokens=s["max_new_tokens"], do_sample=s.get("do_sample", True), top_p=s["top_p"],
+        temperature=s["temperature"], num_return_sequences=s["k"], batch_size=args.batch_size,
+        seed=s["seed"], desc=f"generating ({Path(args.model).name})",
+    )
+    write_jsonl(args.out, (
+        {"prompt_index": i, "prompt": p["text"], "preprompt": preprompt, "continuations": conts,
+         **({"prompt_toxicity": p["prompt_toxicity"]} if "prompt_toxicity" in p else {})}
+        for i, (p, conts) in enumerate(zip(prompts, outputs))
+    ))
+
+
+def _score_toxicity(args) -> None:
+    from ..io import read_jsonl, write_json, write_jsonl
+    from ..metrics.diversity import distinct_n
+    from ..metrics.toxicity import toxicity_metrics
+    from ..scoring import build_scorer
+
+    s = args.settings
+    records = read_jsonl(args.generations)
+    if not records:
+        raise DetoxflowError(f"{args.generations}: no generations to score")
+    name = s["scorer"]
+    options = s.get(name.replace("-", "_"), {}) or {}
+    scorer = build_scorer(name, options, batch_size=s.get("batch_size", 64))
+    try:
+        flat = [c for r in records for c in r["continuations"]]
+        scores = scorer.score(flat)
+    finally:
+        scorer.close()
+    it = iter(scores)
+    per_prompt = [[next(it) for _ in r["continuations"]] for r in records]
+    for rec, sc in zip(records, per_prompt):
+        rec["toxicity"] = sc
+    gen_path = Path(args.generations)
+    continuations = [r["continuations"] for r in records]
+    metrics = {
+        "model": gen_path.parent.parent.name,
+        "prompting": gen_path.parent.name,
+        "scorer": name,
+        "threshold": s["threshold"],
+        "n_prompts": len(records),
+        "k": max(len(r["continuations"]) for r in records),
+        **toxicity_metrics(per_prompt, s["threshold"]),
+        **{f"distinct_{n}": distinct_n(continuations, n) for n in (1, 2, 3)},
+    }
+    write_jsonl(args.out, records)
+    write_json(args.metrics, metrics)
+    log.info("toxicity: %s", {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
+
+
+def _perplexity(args) -> None:
+    from ..io import read_jsonl, write_json
+    from ..metrics.perplexity import perplexity
+    from ..models import load_model, load_tokenizer, read_metadata
+
+    s = args.settings
+    rows = read_jsonl(args.text)
+    text = "\n".join(r["text"] for r in rows)
+    model = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    tokenizer = load_tokenizer(args.model)
+    result = perplexity(model, tokenizer, text, window=s["window"], stride=s["stride"], max_tokens=s.get("max_tokens"))
+    result.update(model=Path(args.model).name, metadata=read_metadata(args.model))
+    write_json(args.out, result)
+    log.info("perplexity %.3f over %d tokens", result["perplexity"], result["n_tokens"])
+
+
+def _summarize(args) -> None:
+    from ..summary import write_summary
+
+    df = write_summary(args.toxicity, args.perplexity, args.extra or [], args.scored,
+                       csv=args.csv, markdown=args.markdown, plot=args.plot, samples=args.samples,
+                       samples_per_variant=args.samples_per_variant)
+    log.info("summary of %d runs written to %s", len(df), args.csv)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("generate", help="RealToxicityPrompts continuations of a model folder")
+    p.add_argument("--model", required=True)
+    p.add_argument("--prompts", required=True, help="JSONL rows with `text`")
+    p.add_argument("--settings", required=True, type=json_arg,
+                   help="JSON: k, max_new_tokens, top_p, temperature, do_sample, seed, preprompt")
+    p.add_argument("--batch-size", type=int, default=32)
+    _add_runtime(p)
+    p.add_argument("--out", required=True)
+    p.set_defaults(handler=_generate)
+
+    p = sub.add_parser("score-toxicity", help="score continuations and aggregate toxicity/diversity metrics")
+    p.add_argument("--generations", required=True)
+    p.add_argument("--settings", required=True, type=json_arg, help="JSON: the evaluation.toxicity section")
+    p.add_argument("--out", required=True, help="scored JSONL")
+    p.add_argument("--metrics", required=True, help="metrics JSON")
+    p.set_defaults(handler=_score_toxicity)
+
+    p = sub.add_parser("perplexity", help="sliding-window perplexity of a model folder on a text recipe")
+    p.add_argument("--model", required=True)
+    p.add_argument("--text", required=True, help="JSONL rows with `text`, joined by newlines")
+    p.add_argument("--settings", required=True, type=json_arg, help="JSON: window, stride, max_tokens")
+    _add_runtime(p)
+    p.add_argument("--out", required=True)
+    p.set_defaults(handler=_perplexity)
+
+    p = sub.add_parser("summarize", help="one table, plot and sample file over all runs")
+    p.add_argument("--toxicity", nargs="+", required=True)
+    p.add_argument("--scored", nargs="+", required=True)
+    p.add_argument("--perplexity", nargs="+", required=True)
+    p.add_argument("--extra", nargs="*", default=[])
+    p.add_argument("--samples-per-variant", type=int, default=3)
+    p.add_argument("--csv", required=True)
+    p.add_argument("--markdown", required=True)
+    p.add_argument("--plot", required=True)
+    p.add_argument("--samples", required=True)
+    p.set_defaults(handler=_summarize)

@@ -1,0 +1,1 @@
+"""Evaluation metrics: toxicity aggregates, perplexity, diversity."""
