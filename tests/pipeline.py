@@ -1,0 +1,53 @@
+"""Helpers to run the Snakemake DAG in a scratch directory (used by the DAG tests)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_overlay(model_dir, shared_data, **sections) -> dict:
+    """A config overlay that makes the default DAG run in seconds on a tiny model."""
+    overlay = {
+        "data_root": str(shared_data),
+        "model": {"base": str(model_dir), "device": "cpu"},
+        "datasets": {"rtp_prompts": {"sample": 6}},
+        "evaluation": {
+            "batch_size": 8,
+            "generation": {"k": 2, "max_new_tokens": 6},
+            "perplexity": {"window": 64, "stride": 32, "max_tokens": 256},
+        },
+        "task_vectors": {"enabled": False},
+        "aura": {"enabled": False},
+        "dinm": {"enabled": False},
+        "safeedit": {"enabled": False},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(overlay.get(key), dict):
+            overlay[key].update(value)
+        else:
+            overlay[key] = value
+    return overlay
+
+
+def run_snakemake(workdir: Path, overlay: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    workdir.mkdir(parents=True, exist_ok=True)
+    overlay_file = workdir / "overlay.yaml"
+    overlay_file.write_text(yaml.safe_dump(overlay))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+         "--cores", "2", "--configfile", str(overlay_file), *args],
+        capture_output=True, text=True, env=env,
+    )
+    if check and proc.returncode != 0:
+        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in (workdir / "results" / "logs").rglob("*.log"))
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stderr[-6000:]}\n{logs}")
+    return proc

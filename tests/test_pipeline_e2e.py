@@ -1,0 +1,69 @@
+"""The DAG: a dry run of the default config, and a full run on a tiny GPT-2 with the shared data."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from pipeline import REPO, run_snakemake, tiny_overlay
+
+
+def test_dry_run_of_default_config_offline(tmp_path, shared_data):
+    proc = run_snakemake(tmp_path, {"data_root": str(shared_data)}, "-n", "--quiet", "rules")
+    out = proc.stdout + proc.stderr
+    for rule in ("materialise_base_model", "dataset", "generate_continuations", "score_toxicity", "perplexity",
+                 "summarize"):
+        assert rule in out
+
+
+@pytest.mark.slow
+def test_full_run_on_tiny_gpt2(tmp_path, shared_data, tiny_gpt2_dir):
+    overlay = tiny_overlay(tiny_gpt2_dir, shared_data,
+                           evaluation={"batch_size": 8, "generation": {"k": 2, "max_new_tokens": 6},
+                                       "perplexity": {"window": 64, "stride": 32, "max_tokens": 256},
+                                       "preprompts": {"polite": "Please be kind. "},
+                                       "preprompt_models": ["base"]})
+    run_snakemake(tmp_path, overlay)
+    res = tmp_path / "results"
+    summary = pd.read_csv(res / "summary.csv")
+    assert list(summary["variant"]) == ["base", "base+polite"]
+    for col in ("variant", "method", "expected_max_toxicity", "toxicity_probability", "mean_toxicity",
+                "toxic_fraction", "perplexity", "distinct_2", "n_splits", "lambda"):
+        assert col in summary.columns
+
+    # recompute the base row from the scored continuations, with the scorer called directly
+    from profanity_check import predict_prob
+
+    records = [json.loads(line) for line in (res / "eval/base/plain/toxicity.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and all(len(r["continuations"]) == 2 for r in records)
+    scores = [list(predict_prob(r["continuations"])) for r in records]
+    for r, s in zip(records, scores):
+        assert r["toxicity"] == pytest.approx(s)
+    base = summary.set_index("variant").loc["base"]
+    assert base["method"] == "base"
+    assert base["expected_max_toxicity"] == pytest.approx(sum(max(s) for s in scores) / 6)
+    assert base["mean_toxicity"] == pytest.approx(sum(map(sum, scores)) / 12)
+
+    # perplexity recomputed in-process on the same text
+    from detoxflow.metrics.perplexity import perplexity
+    from detoxflow.models import load_model, load_tokenizer
+
+    text = "\n".join(json.loads(line)["text"] for line in (res / "data/wikitext.jsonl").read_text().splitlines())
+    folder = res / "models" / "base"
+    direct = perplexity(load_model(folder, device="cpu"), load_tokenizer(folder), text, window=64, stride=32,
+                        max_tokens=256)
+    assert base["perplexity"] == pytest.approx(direct["perplexity"], rel=1e-6)
+    assert math.isfinite(base["perplexity"])
+
+    # the pre-prompt run really put the pre-prompt in front
+    gen = json.loads((res / "eval/base/polite/generations.jsonl").read_text().splitlines()[0])
+    assert gen["preprompt"] == "Please be kind. "
+    assert (res / "plots/toxicity_vs_perplexity.png").stat().st_size > 0
+    assert (res / "summary.md").read_text().startswith("| variant |")
+
+    # a second run has nothing to do (cached artifacts)
+    proc = run_snakemake(tmp_path, overlay, "-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
