@@ -2,10 +2,10 @@
 # method rule files extend.
 import json
 import os
-import sys
 
 import yaml
 
+from detoxflow.cli import expose_cli_beside_interpreter
 from detoxflow.config import deep_update, validate_config
 from detoxflow.errors import DetoxflowError
 
@@ -21,10 +21,7 @@ try:
 except DetoxflowError as exc:
     raise WorkflowError(str(exc)) from None
 
-# Rules call the `detoxflow` CLI; make the one installed beside this snakemake
-# visible even when the virtual environment is not activated (a conda env
-# activated by --software-deployment-method conda still comes first in PATH).
-os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+expose_cli_beside_interpreter()
 
 ENV = "../envs/detoxflow.yaml"
 RESULTS = "results"
@@ -61,3 +58,47 @@ def model_runtime_args():
     return f"--dtype {m['dtype']} --device {m['device']}" + (
         " --trust-remote-code" if m["trust_remote_code"] else ""
     )
+
+
+# Evaluation runs and summary inputs -------------------------------------------
+
+EVAL = config["evaluation"]
+
+
+def eval_runs():
+    runs = [(m, "plain") for m in MODEL_VARIANTS]
+    for name in EVAL["preprompts"]:
+        for m in EVAL["preprompt_models"]:
+            if m not in MODEL_VARIANTS:
+                raise WorkflowError(
+                    f"evaluation.preprompt_models names '{m}', which is not a model variant of this "
+                    f"config (variants: {', '.join(MODEL_VARIANTS)})"
+                )
+            runs.append((m, name))
+    return runs
+
+
+def preprompt_text(prompting):
+    if prompting == "plain":
+        return EVAL["generation"]["preprompt"]
+    return EVAL["preprompts"][prompting]
+
+
+def summary_inputs(wildcards):
+    runs = eval_runs()
+    models = sorted({m for m, _ in runs})
+    return {
+        "toxicity": [f"{RESULTS}/eval/{m}/{p}/toxicity.json" for m, p in runs],
+        "scored": [f"{RESULTS}/eval/{m}/{p}/toxicity.jsonl" for m, p in runs],
+        "perplexity": [f"{RESULTS}/eval/{m}/perplexity.json" for m in models],
+        "extra": [pattern.format(model=m) for pattern in EXTRA_MODEL_METRICS for m in models],
+    }
+
+
+def summary_outputs():
+    return [
+        f"{RESULTS}/summary.csv",
+        f"{RESULTS}/summary.md",
+        f"{RESULTS}/plots/toxicity_vs_perplexity.png",
+        f"{RESULTS}/samples.csv",
+    ] + EXTRA_TARGETS

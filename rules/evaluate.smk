@@ -1,28 +1,6 @@
 # One evaluation for every model folder under results/models, whatever made it.
 # A "run" is (model, prompting): prompting is `plain` or a named pre-prompt.
 
-EVAL = config["evaluation"]
-
-
-def eval_runs():
-    runs = [(m, "plain") for m in MODEL_VARIANTS]
-    for name in EVAL["preprompts"]:
-        for m in EVAL["preprompt_models"]:
-            if m not in MODEL_VARIANTS:
-                raise WorkflowError(
-                    f"evaluation.preprompt_models names '{m}', which is not a model variant of this "
-                    f"config (variants: {', '.join(MODEL_VARIANTS)})"
-                )
-            runs.append((m, name))
-    return runs
-
-
-def preprompt_text(prompting):
-    if prompting == "plain":
-        return EVAL["generation"]["preprompt"]
-    return EVAL["preprompts"][prompting]
-
-
 wildcard_constraints:
     model="[A-Za-z0-9_.\-]+",
     prompting="[A-Za-z0-9_]+",

@@ -1,26 +1,6 @@
 # One table, plots and report material over every evaluated run.
 
 
-def summary_inputs(wildcards):
-    runs = eval_runs()
-    models = sorted({m for m, _ in runs})
-    return {
-        "toxicity": [f"{RESULTS}/eval/{m}/{p}/toxicity.json" for m, p in runs],
-        "scored": [f"{RESULTS}/eval/{m}/{p}/toxicity.jsonl" for m, p in runs],
-        "perplexity": [f"{RESULTS}/eval/{m}/perplexity.json" for m in models],
-        "extra": [pattern.format(model=m) for pattern in EXTRA_MODEL_METRICS for m in models],
-    }
-
-
-def summary_outputs():
-    return [
-        f"{RESULTS}/summary.csv",
-        f"{RESULTS}/summary.md",
-        f"{RESULTS}/plots/toxicity_vs_perplexity.png",
-        f"{RESULTS}/samples.csv",
-    ] + EXTRA_TARGETS
-
-
 rule summarize:
     input:
         unpack(summary_inputs),

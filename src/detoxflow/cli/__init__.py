@@ -18,6 +18,21 @@ from ..errors import DetoxflowError
 COMMAND_MODULES = ("base", "evaluation", "task_vectors", "aura", "dinm")
 
 
+def expose_cli_beside_interpreter() -> None:
+    """Put this interpreter's bin folder first on PATH, so shell rules find ``detoxflow``.
+
+    Called by the workflow: a user who runs ``.venv/bin/snakemake`` without
+    activating the venv still gets the matching CLI. A conda env activated by
+    ``--software-deployment-method conda`` prepends its own bin and still wins.
+    """
+    import os
+
+    bindir = os.path.dirname(sys.executable)
+    path = os.environ.get("PATH", "")
+    if path.split(os.pathsep)[0] != bindir:
+        os.environ["PATH"] = bindir + os.pathsep + path
+
+
 def json_arg(text: str):
     """argparse type: a JSON object given on the command line (rules pass params this way)."""
     try:
