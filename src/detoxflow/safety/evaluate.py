@@ -1,0 +1,98 @@
+"""SafeEdit evaluation of a model folder: generate greedy responses, judge them, compute metrics.
+
+One row per (instance, input kind): ``{"id", "kind", "input", "prompt",
+"response"}``. Identical prompts (e.g. the same bare question shared by several
+instances) are generated once. Responses are the generated tokens only (cut by
+token ids by :func:`detoxflow.generation.generate_continuations`), greedy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Sequence
+
+from ..data.safeedit import DINM_SUFFIX, format_prompt, input_texts
+from ..generation import generate_continuations
+from .judges import judge_identity, judge_with_cache, make_judge
+from .metrics import safeedit_metrics
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EVAL = {
+    "n_instances": None,
+    "prompt": {"suffix": DINM_SUFFIX, "chat_template": False},
+    "generation": {"max_new_tokens": 48, "batch_size": 8},
+}
+
+
+def eval_settings(settings: dict | None) -> dict:
+    """Fill the evaluation settings (``n_instances``, ``prompt``, ``generation``) with defaults."""
+    settings = dict(settings or {})
+    out = {"n_instances": settings.get("n_instances", DEFAULT_EVAL["n_instances"])}
+    for key in ("prompt", "generation"):
+        out[key] = {**DEFAULT_EVAL[key], **(settings.get(key) or {})}
+    return out
+
+
+def build_requests(records: Sequence[dict], tokenizer, *, suffix: str = DINM_SUFFIX,
+                   chat_template: bool = False) -> list[dict]:
+    """The evaluation rows (without responses) of the instances, in instance then kind order."""
+    rows = []
+    for rec in records:
+        for kind, text in input_texts(rec).items():
+            rows.append({"id": rec["id"], "kind": kind, "input": text,
+                         "prompt": format_prompt(text, tokenizer, suffix=suffix, chat_template=chat_template)})
+    return rows
+
+
+def generate_for_prompts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int,
+                         desc: str = "safeedit") -> dict[str, str]:
+    """Greedy responses for the distinct prompts (longest first, to keep padding low)."""
+    distinct = list(OrderedDict.fromkeys(prompts))
+    if not distinct:
+        return {}
+    lengths = {p: len(tokenizer(p)["input_ids"]) for p in distinct}
+    ordered = sorted(distinct, key=lambda p: -lengths[p])
+    outs = generate_continuations(model, tokenizer, ordered, max_new_tokens=max_new_tokens, do_sample=False,
+                                  batch_size=batch_size, desc=desc)
+    return {p: o[0] for p, o in zip(ordered, outs)}
+
+
+def fill_responses(model, tokenizer, rows: list[dict], *, max_new_tokens: int, batch_size: int,
+                   cache: dict[str, str] | None = None, desc: str = "safeedit") -> dict:
+    """Give every row a ``response``; prompts in ``cache`` are not generated again (the cache is extended)."""
+    cache = {} if cache is None else cache
+    todo = [r["prompt"] for r in rows if r["prompt"] not in cache]
+    new = generate_for_prompts(model, tokenizer, todo, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               desc=desc)
+    cache.update(new)
+    for r in rows:
+        r["response"] = cache[r["prompt"]]
+    return {"generated": len(new), "reused": len(rows) - len(new)}
+
+
+def score_rows(rows: list[dict], judge_settings: dict, *, cache: dict[str, dict] | None = None) -> list[dict]:
+    """Add the judge's verdict (``label`` and the judge's extras) to every row."""
+    judge = make_judge(judge_settings)
+    try:
+        verdicts = judge_with_cache(judge, [r["response"] for r in rows], cache)
+    finally:
+        judge.close()
+    identity = judge_identity(judge_settings)
+    return [{**r, **v, "judge": identity} for r, v in zip(rows, verdicts)]
+
+
+def verdict_cache(scored_rows: Sequence[dict], judge_settings: dict) -> dict[str, dict]:
+    """response -> verdict from rows that the same judge (same settings) has already scored."""
+    keep = ("label", "refusal", "toxicity", "p_unsafe")
+    identity = judge_identity(judge_settings)
+    return {r["response"]: {k: r[k] for k in keep if k in r} for r in scored_rows
+            if "label" in r and r.get("judge") == identity}
+
+
+def metrics_for(rows: Sequence[dict], model: str | None = None) -> dict:
+    out = safeedit_metrics(rows)
+    if model is not None:
+        out["model"] = model
+    return out
