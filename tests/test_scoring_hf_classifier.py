@@ -83,6 +83,10 @@ def test_gpt2_classifier_without_pad_token_and_truncation(gpt2_classifier):
     assert cut == pytest.approx(_direct(gpt2_classifier, texts, 1, "softmax", max_length=4), abs=1e-5)
     assert cut[2] != pytest.approx(full[2], abs=1e-4)  # truncation did change the long text's score
     assert cut[0] == pytest.approx(full[0], abs=1e-5)  # ... and not the short ones'
+    # the tokenizer has no limit of its own: the model's 128 positions cap max_length
+    long = ["stupid idiot " * 150, "hello"]
+    capped = build_scorer("hf-classifier", {**opts, "max_length": 512}, progress=False).score(long)
+    assert capped == pytest.approx(_direct(gpt2_classifier, long, 1, "softmax", max_length=128), abs=1e-5)
 
 
 def test_configuration_errors(bert_classifier, tmp_path):

@@ -25,11 +25,15 @@ def prepare_tokenizer(tokenizer, model) -> None:
         model.config.pad_token_id = tokenizer.pad_token_id
 
 
-def effective_max_length(tokenizer, requested: int | None) -> int | None:
-    """``requested`` capped by the tokenizer's own limit (when it has a real one)."""
+def effective_max_length(tokenizer, requested: int | None, model=None) -> int | None:
+    """``requested`` capped by the tokenizer's own limit, or (when the tokenizer
+    has no real limit) by the model's number of positions."""
     own = getattr(tokenizer, "model_max_length", None)
     if own is not None and own >= _SANE_MAX_LENGTH:
         own = None
+    if own is None and model is not None:
+        cfg = model.config
+        own = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
     if requested is None:
         return own
     return min(requested, own) if own is not None else requested

@@ -193,7 +193,8 @@ class DetoxifyScorer(Scorer):
         self.device = resolve_device(device)
         self.model = model.float().to(self.device).eval()
         prepare_tokenizer(self.tokenizer, self.model)
-        self.max_length = effective_max_length(self.tokenizer, None)
+        # as Detoxify: the tokenizer's limit (512 for all three base models)
+        self.max_length = effective_max_length(self.tokenizer, None) or 512
         self._empty_as = empty_substitute(self.tokenizer)
         self._torch = torch
         log.info("detoxify (%s): %s, toxicity = class %d of %s, on %s", variant, checkpoint,

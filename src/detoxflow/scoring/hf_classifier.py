@@ -94,7 +94,7 @@ class HFClassifierScorer(Scorer):
             raise DetoxflowError(f"{_key('path')} = {path}: {exc}") from None
         self.toxic_label = toxic_label
         self.activation = activation
-        self.max_length = effective_max_length(self.tokenizer, int(max_length))
+        self.max_length = effective_max_length(self.tokenizer, int(max_length), self.model)
         self._empty_as = empty_substitute(self.tokenizer)
         self._torch = torch
         label_name = (getattr(config, "id2label", None) or {}).get(toxic_label, str(toxic_label))
