@@ -64,6 +64,10 @@ def test_full_run_on_tiny_gpt2(tmp_path, shared_data, tiny_gpt2_dir):
     assert (res / "plots/toxicity_vs_perplexity.png").stat().st_size > 0
     assert (res / "summary.md").read_text().startswith("| variant |")
 
+    # the Snakemake report embeds the table, the plot and the sample continuations
+    run_snakemake(tmp_path, overlay, "--report", str(tmp_path / "report.html"))
+    assert (tmp_path / "report.html").stat().st_size > 10_000
+
     # a second run has nothing to do (cached artifacts)
     proc = run_snakemake(tmp_path, overlay, "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr

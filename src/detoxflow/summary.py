@@ -60,7 +60,7 @@ def build_table(toxicity_files: Sequence[str], perplexity_files: Sequence[str], 
         for key in ALWAYS_PARAMS:
             row[key] = params.get(key)
         for key, value in params.items():
-            if key not in row and isinstance(value, (int, float, str, bool, type(None))) and key != "source":
+            if key not in row and isinstance(value, (int, float, str, bool)) and key != "source":
                 row[key] = value
         row.update(extras.get(model, {}))
         rows.append(row)
