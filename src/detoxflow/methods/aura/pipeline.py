@@ -16,6 +16,7 @@ from .fold import fold_alphas
 from .interventions import compute_alphas, count_dampened
 from .modules import output_units, select_modules
 from .responses import record_responses, sample_sentences, save_responses
+from .variants import variant_specs  # noqa: F401  (re-exported for callers)
 
 log = logging.getLogger(__name__)
 
@@ -28,29 +29,6 @@ RESPONSE_DEFAULTS = {
     "batch_size": 16,
     "pool_special_tokens": False,
 }
-
-
-def variant_specs(section: dict) -> list[dict]:
-    """Model variants the aura section asks for: [{name, method, k?, strength, alpha?}]."""
-    specs = []
-    for s in section.get("strengths", [1.0]):
-        s = float(s)
-        specs.append({"name": "aura" if s == 1.0 else f"aura_s{s:g}", "method": "aura", "strength": s})
-    det0 = section.get("det0", {})
-    if det0.get("enabled", False):
-        specs += [{"name": f"det0_k{int(k)}", "method": "det0", "k": int(k), "strength": 1.0} for k in det0["k"]]
-    damp = section.get("damp", {})
-    if damp.get("enabled", False):
-        specs += [
-            {"name": f"damp_k{int(k)}", "method": "damp", "k": int(k), "alpha": float(damp.get("alpha", 0.5)),
-             "strength": 1.0}
-            for k in damp["k"]
-        ]
-    names = [v["name"] for v in specs]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise DetoxflowError(f"aura: duplicate variant names {', '.join(dupes)} (repeated strengths or k values)")
-    return specs
 
 
 def run_responses(
