@@ -63,7 +63,7 @@ HUB_REPO = "zjunlp/SafeEdit"
 
 
 def _type_names(types: tuple[type, ...]) -> str:
-    return " or ".join({int: "integer", str: "string", dict: "object"}.get(t, t.__name__) for t in types)
+    return " or ".join({int: "an integer", str: "a string", dict: "an object"}.get(t, t.__name__) for t in types)
 
 
 def validate_records(records: Any, source: str, *, require_generalization: bool = False) -> list[dict]:
@@ -93,7 +93,7 @@ def validate_records(records: Any, source: str, *, require_generalization: bool 
             value = rec[field]
             if isinstance(value, bool) or not isinstance(value, types):
                 raise DetoxflowError(
-                    f"{where}: field '{field}' must be a {_type_names(types)}, got {type(value).__name__}"
+                    f"{where}: field '{field}' must be {_type_names(types)}, got {type(value).__name__}"
                 )
         for field in ("adversarial prompt", "safe generation"):
             if not rec[field].strip():

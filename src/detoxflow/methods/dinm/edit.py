@@ -88,6 +88,11 @@ class KnowledgeRef:
     logprobs: torch.Tensor   # (n_answer, vocab)
 
 
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """Half precision -> float32 for the losses; float32 and float64 stay as they are."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _answer_positions(enc: Encoded) -> torch.Tensor:
     """Positions whose logits predict the response tokens (one before each)."""
     return torch.nonzero(enc.labels[0] != IGNORE).flatten() - 1
@@ -99,19 +104,19 @@ def knowledge_reference(model, tokenizer, inputs: EditInputs, *, max_length: int
     enc = encode_pair(tokenizer, inputs.knowledge_prompt, inputs.knowledge_answer,
                       special_tokens=inputs.special_tokens, max_length=max_length).to(device)
     logits = model(input_ids=enc.input_ids, use_cache=False).logits[0, _answer_positions(enc)]
-    return KnowledgeRef(enc, F.log_softmax(logits.float(), dim=-1))
+    return KnowledgeRef(enc, F.log_softmax(_upcast(logits), dim=-1))
 
 
 def kl_term(model, ref: KnowledgeRef) -> torch.Tensor:
     """KL(original || current) averaged over the answer tokens; differentiable in the current weights."""
     logits = model(input_ids=ref.enc.input_ids, use_cache=False).logits[0, _answer_positions(ref.enc)]
-    current = F.log_softmax(logits.float(), dim=-1)
+    current = F.log_softmax(_upcast(logits), dim=-1)
     return F.kl_div(current, ref.logprobs, log_target=True, reduction="batchmean")
 
 
 def nll_term(model, enc: Encoded) -> torch.Tensor:
     """Mean NLL of the response tokens given the prompt."""
-    logits = model(input_ids=enc.input_ids, use_cache=False).logits[0, :-1].float()
+    logits = _upcast(model(input_ids=enc.input_ids, use_cache=False).logits[0, :-1])
     return F.cross_entropy(logits, enc.labels[0, 1:], ignore_index=IGNORE)
 
 
