@@ -54,7 +54,7 @@ if SAFEEDIT["enabled"] or config["dinm"]["enabled"]:
             ENV
         shell:
             "detoxflow safeedit-data --settings {params.settings:q} --evaluation {params.evaluation:q} "
-            "--data-root {params.data_root:q} --advbench {params.advbench:q} --model {params.model:q} "
+            "--data-root={params.data_root:q} --advbench={params.advbench:q} --model={params.model:q} "
             "{params.runtime_args} --train {output.train} --test {output.test} > {log} 2>&1"
 
     rule safeedit_generate:

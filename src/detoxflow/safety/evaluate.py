@@ -13,7 +13,6 @@ from collections import OrderedDict
 from typing import Sequence
 
 from ..data.safeedit import DINM_SUFFIX, format_prompt, input_texts
-from ..generation import generate_continuations
 from .judges import judge_identity, judge_with_cache, make_judge
 from .metrics import safeedit_metrics
 
@@ -49,6 +48,8 @@ def build_requests(records: Sequence[dict], tokenizer, *, suffix: str = DINM_SUF
 def generate_for_prompts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int,
                          desc: str = "safeedit") -> dict[str, str]:
     """Greedy responses for the distinct prompts (longest first, to keep padding low)."""
+    from ..generation import generate_continuations  # torch: imported only where generation happens
+
     distinct = list(OrderedDict.fromkeys(prompts))
     if not distinct:
         return {}

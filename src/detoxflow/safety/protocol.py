@@ -19,11 +19,7 @@ import logging
 import time
 from typing import Sequence
 
-import torch
-from tqdm.auto import tqdm
-
 from ..errors import DetoxflowError
-from ..methods.dinm import DinmEditor, DinmSettings
 from .evaluate import build_requests, eval_settings, fill_responses, metrics_for
 
 log = logging.getLogger(__name__)
@@ -39,6 +35,10 @@ def run_per_instance(model, tokenizer, records: Sequence[dict], *, dinm: dict, e
     present, the rest generated once before editing) or ``regenerate``
     (generated for every instance before its edit, ignoring the cache).
     """
+    from tqdm.auto import tqdm
+
+    from ..methods.dinm import DinmEditor, DinmSettings
+
     if vanilla not in ("cache", "regenerate"):
         raise DetoxflowError(f"vanilla must be 'cache' or 'regenerate', got '{vanilla}'")
     ev = eval_settings(evaluation)
@@ -160,7 +160,3 @@ def report_markdown(report: dict, title: str = "DINM per instance (edit, evaluat
     return "\n".join(lines)
 
 
-def restore_is_exact(model, before: dict[str, torch.Tensor]) -> bool:
-    """Whether every parameter equals its saved value bit for bit (for tests and checks)."""
-    params = dict(model.named_parameters())
-    return all(torch.equal(params[n].detach(), v) for n, v in before.items())
