@@ -119,3 +119,17 @@ def test_topk_is_global_and_deterministic():
     assert count_dampened(aura) == 5  # every unit with AUROC > 0.5
     with pytest.raises(DetoxflowError, match="unknown intervention"):
         compute_alphas(aurocs, "nope")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_auroc_integer_keys_keep_order_of_every_dtype(dtype):
+    """Negative, positive, signed zeros, tiny (subnormal) and huge values in each precision."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(60, 300, generator=g) * torch.logspace(-6, 4, 300)[None, :]
+    x[:5, :] = 0.0
+    x[5:10, :] = -0.0
+    x[10:12, :] = 6e-8 if dtype == torch.float16 else 1e-40
+    scores = x.to(dtype)
+    labels = torch.randint(0, 2, (60,), generator=g)
+    ours = auroc(scores, labels, chunk_elements=600)
+    assert torch.allclose(ours, _sklearn(scores.float(), labels), atol=1e-12, rtol=0)

@@ -33,28 +33,35 @@ from ...io import atomic_path
 DEFAULT_CHUNK_ELEMENTS = 1 << 21  # ~2M responses per chunk (16 MB of int64 keys)
 
 
-def _sort_keys(block: np.ndarray) -> np.ndarray:
-    """float32 [d, N] -> int64 keys (shifted left by one) whose integer order is the float order."""
+def _sort_keys(block: np.ndarray, shift: int = 0) -> np.ndarray:
+    """float32 [d, N] -> integer keys (shifted left by one) whose integer order is the float order.
+
+    ``shift`` > 0 drops low bits that are zero for every value (16 for bfloat16,
+    13 for float16 responses), so the keys fit in int32, which sorts twice as fast.
+    """
     block = block + np.float32(0.0)  # -0.0 -> +0.0, so that both zeros tie
     i = block.view(np.int32)
     k = i ^ ((i >> 31) & np.int32(0x7FFFFFFF))
+    if shift:
+        return (k >> shift) << 1  # injective on values whose low `shift` bits are zero
     return k.astype(np.int64) << 1
 
 
-def _twice_u(block: np.ndarray, label_bit: np.ndarray, n_pos: int) -> np.ndarray:
-    """2U for each row of ``block`` [d, N] (float32), ``label_bit`` [N] int64 (1 = positive)."""
+def _twice_u(block: np.ndarray, label_bit: np.ndarray, n_pos: int, shift: int = 0) -> np.ndarray:
+    """2U for each row of ``block`` [d, N] (float32), ``label_bit`` [N] (1 = positive)."""
     if np.isnan(block).any():
         raise DetoxflowError("responses contain NaN; AUROC is undefined")
-    base = _sort_keys(block)
+    base = _sort_keys(block, shift)
+    label_bit = label_bit.astype(base.dtype)
     positions = np.arange(block.shape[1], dtype=np.int64)
     s = np.sort(base | label_bit, axis=1)  # ties: negatives first
-    sum_a = (s & 1) @ positions
+    sum_a = (s & 1).astype(np.int64) @ positions
     # Sorted keys of equal responses differ by at most the label bit; distinct ones by >= 2.
     tied = (np.diff(s, axis=1) <= 1).any(axis=1)
     sum_b = sum_a.copy()
     if tied.any():
         s = np.sort(base[tied] | (1 - label_bit), axis=1)  # ties: positives first
-        sum_b[tied] = (1 - (s & 1)) @ positions
+        sum_b[tied] = (1 - (s & 1)).astype(np.int64) @ positions
     return sum_a + sum_b - n_pos * (n_pos - 1)
 
 
@@ -77,13 +84,14 @@ def auroc(
         raise DetoxflowError("AUROC needs both toxic and non-toxic sentences")
     n, d = scores.shape
     label_bit = labels.numpy().astype(np.int64)
+    shift = {torch.bfloat16: 16, torch.float16: 13}.get(scores.dtype, 0)
     step = max(1, chunk_elements // n)
     # [units, sentences] float32, contiguous rows: each unit's responses sorted along the last axis.
     columns = scores.detach().to("cpu", torch.float32).t().contiguous().numpy()
     out = np.empty(d, dtype=np.float64)
 
     def work(c0: int) -> None:
-        out[c0:c0 + step] = _twice_u(columns[c0:c0 + step], label_bit, n_pos) / (2.0 * n_pos * n_neg)
+        out[c0:c0 + step] = _twice_u(columns[c0:c0 + step], label_bit, n_pos, shift) / (2.0 * n_pos * n_neg)
 
     starts = range(0, d, step)
     workers = max(1, min(threads or torch.get_num_threads(), len(starts)))
