@@ -9,13 +9,9 @@ DINM = config["dinm"]
 DINM_DIR = f"{RESULTS}/dinm"
 
 
-def dinm_eval_settings():
-    s = config["safeedit"]
-    return {k: s[k] for k in ("n_instances", "prompt", "generation")}
-
-
-def dinm_per_instance_n():
-    return DINM["per_instance"]["n_instances"] or config["safeedit"]["n_instances"]
+# the SafeEdit prompt and decoding settings, so the per-instance vanilla responses match the base model's
+DINM_EVAL = {k: config["safeedit"][k] for k in ("n_instances", "prompt", "generation")}
+DINM_PER_INSTANCE_N = DINM["per_instance"]["n_instances"] or config["safeedit"]["n_instances"]
 
 
 if DINM["enabled"]:
@@ -58,8 +54,8 @@ if DINM["enabled"]:
             edits=f"{DINM_DIR}/per_instance/edits.json",
         params:
             dinm=as_json(DINM),
-            evaluation=as_json(dinm_eval_settings()),
-            n=f"--n-instances {dinm_per_instance_n()}" if dinm_per_instance_n() else "",
+            evaluation=as_json(DINM_EVAL),
+            n=f"--n-instances {DINM_PER_INSTANCE_N}" if DINM_PER_INSTANCE_N else "",
             vanilla=DINM["per_instance"]["vanilla"],
             runtime_args=model_runtime_args(),
         log:

@@ -10,36 +10,32 @@ SAFEEDIT = config["safeedit"]
 SAFEEDIT_DIR = f"{RESULTS}/safeedit"
 
 
-def safeedit_eval_settings():
-    """What decides a model's SafeEdit responses (shared with the DINM per-instance protocol)."""
-    return {k: SAFEEDIT[k] for k in ("n_instances", "prompt", "generation")}
-
-
-def safeedit_data_inputs(wildcards):
-    data = SAFEEDIT["data"]
-    inputs = {}
-    if data["source"] == "standin":
-        inputs["advbench"] = recipe_path(data["standin"]["advbench"])
-        if data["standin"]["unsafe_response"] == "model":
-            inputs["model"] = f"{MODELS}/base"
-    return inputs
+# What decides a model's SafeEdit responses (shared with the DINM per-instance protocol).
+SAFEEDIT_EVAL = {k: SAFEEDIT[k] for k in ("n_instances", "prompt", "generation")}
+# The stand-in reads the AdvBench recipe (and the base model when it answers as the unsafe response).
+SAFEEDIT_DATA_INPUTS = {}
+SAFEEDIT_NEEDED = SAFEEDIT["enabled"] or config["dinm"]["enabled"]
+if SAFEEDIT_NEEDED and SAFEEDIT["data"]["source"] == "standin":
+    SAFEEDIT_DATA_INPUTS["advbench"] = recipe_path(SAFEEDIT["data"]["standin"]["advbench"])
+    if SAFEEDIT["data"]["standin"]["unsafe_response"] == "model":
+        SAFEEDIT_DATA_INPUTS["model"] = f"{MODELS}/base"
 
 
 if SAFEEDIT["enabled"]:
     EXTRA_MODEL_METRICS.append(f"{RESULTS}/eval/{{model}}/safeedit.json")
 
 
-if SAFEEDIT["enabled"] or config["dinm"]["enabled"]:
+if SAFEEDIT_NEEDED:
 
     rule safeedit_data:
         input:
-            unpack(safeedit_data_inputs),
+            **SAFEEDIT_DATA_INPUTS,
         output:
             train=f"{SAFEEDIT_DIR}/train.json",
             test=f"{SAFEEDIT_DIR}/test.json",
         params:
             settings=as_json(SAFEEDIT["data"]),
-            evaluation=as_json(safeedit_eval_settings()),
+            evaluation=as_json(SAFEEDIT_EVAL),
             data_root=config["data_root"] or "",
             advbench=lambda wildcards, input: input.get("advbench", ""),
             model=lambda wildcards, input: input.get("model", ""),
@@ -64,7 +60,7 @@ if SAFEEDIT["enabled"] or config["dinm"]["enabled"]:
         output:
             f"{RESULTS}/eval/{{model}}/safeedit_generations.jsonl",
         params:
-            settings=as_json(safeedit_eval_settings()),
+            settings=as_json(SAFEEDIT_EVAL),
             runtime_args=model_runtime_args(),
         wildcard_constraints:
             model="[A-Za-z0-9_.\-]+",
