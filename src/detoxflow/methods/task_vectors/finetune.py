@@ -289,7 +289,6 @@ def load_checkpoint(state_dir: Path, fp: str, model, optimizer, scheduler, accel
         return 0, []
     from safetensors.torch import load_file
 
-    device = accelerator.device
     weights = load_file(str(ckpt / "trainable.safetensors"))
     target = accelerator.unwrap_model(model)
     missing, unexpected = target.load_state_dict(weights, strict=False)
@@ -299,12 +298,12 @@ def load_checkpoint(state_dir: Path, fp: str, model, optimizer, scheduler, accel
             f"checkpoint in {ckpt} does not match the model (unexpected {list(unexpected)[:3]}, "
             f"missing {sorted(trainable - set(weights))[:3]}); delete {state_dir} to start afresh"
         )
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device, weights_only=True))
-    extra = torch.load(ckpt / "scheduler.pt", weights_only=True)
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
+    extra = torch.load(ckpt / "scheduler.pt", map_location="cpu", weights_only=True)
     scheduler.load_state_dict(extra["scheduler"])
     if accelerator.scaler is not None and "scaler" in extra:
         accelerator.scaler.load_state_dict(extra["scaler"])
-    _set_rng_state(torch.load(ckpt / f"rng{accelerator.process_index}.pt", weights_only=True))
+    _set_rng_state(torch.load(ckpt / f"rng{accelerator.process_index}.pt", map_location="cpu", weights_only=True))
     log.info("resuming from the checkpoint at step %d in %s", state["step"], ckpt)
     return int(state["step"]), list(state.get("history", []))
 
@@ -315,15 +314,15 @@ def load_checkpoint(state_dir: Path, fp: str, model, optimizer, scheduler, accel
 
 def _make_accelerator(device: str, precision: str):
     from accelerate import Accelerator
-    from accelerate.state import PartialState
 
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if distributed:
-        dev = PartialState().device
-    else:
-        dev = resolve_device(device)
-        if dev.type == "cuda" and dev.index is not None:
-            torch.cuda.set_device(dev.index)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # started by `accelerate launch` / torchrun: one process per GPU (gloo on CPUs)
+        on_gpu = torch.cuda.is_available()
+        mode = resolve_precision(precision, torch.device("cuda" if on_gpu else "cpu"))
+        return Accelerator(mixed_precision=mode, cpu=not on_gpu), mode
+    dev = resolve_device(device)
+    if dev.type == "cuda" and dev.index is not None:
+        torch.cuda.set_device(dev.index)
     mode = resolve_precision(precision, dev)
     return Accelerator(mixed_precision=mode, cpu=(dev.type == "cpu")), mode
 
