@@ -5,62 +5,12 @@
 #          -> tv_finetune (one job per part, resumable) -> tv_merge / tv_single / tv_ascent
 #          -> evaluation -> tv_choose_lambda (Ilharco's rule, toxicity matching, plot)
 
+from detoxflow.methods.task_vectors import dag as tv_dag
+
 TV = config["task_vectors"]
 TV_FT = TV["finetune"]
 TV_DIR = f"{RESULTS}/task_vectors"
-# finetune keys that steer the workflow, not the training (kept out of the job's params)
-_TV_LAUNCH_KEYS = ("accelerate", "threads", "mem_mb", "runtime")
-
-
-def tv_lam(value):
-    """A lambda as it appears in model folder names: tv_merge_n5_l1.0, tv_single_l0.4."""
-    return repr(float(value))
-
-
-def tv_n_splits():
-    n = TV["n_splits"]
-    return [n] if isinstance(n, int) else list(n)
-
-
-def tv_merge_models():
-    return [f"tv_merge_n{n}_l{tv_lam(lam)}" for n in tv_n_splits() for lam in TV["merge_lambdas"]]
-
-
-def tv_single_models():
-    return [f"tv_single_l{tv_lam(lam)}" for lam in TV["single_lambdas"]]
-
-
-def tv_ascent_models():
-    return ["tv_ascent"] if TV["gradient_ascent"] else []
-
-
-def tv_variants():
-    """Every evaluated variant of this stage, for the lambda choice (base included)."""
-    out = [{"model": "base", "family": "base", "n_splits": None, "lambda": 0.0}]
-    out += [{"model": f"tv_single_l{tv_lam(l)}", "family": "single", "n_splits": 1, "lambda": float(l)}
-            for l in TV["single_lambdas"]]
-    out += [{"model": f"tv_merge_n{n}_l{tv_lam(l)}", "family": "merge", "n_splits": n, "lambda": float(l)}
-            for n in tv_n_splits() for l in TV["merge_lambdas"]]
-    out += [{"model": "tv_ascent", "family": "ascent", "n_splits": 1, "lambda": None}] if TV["gradient_ascent"] else []
-    seen, unique = set(), []
-    for v in out:
-        if v["model"] not in seen:
-            seen.add(v["model"])
-            unique.append(v)
-    return unique
-
-
-def tv_launcher():
-    acc = TV_FT["accelerate"]
-    if not acc["enabled"]:
-        return "detoxflow"
-    cfg = f"--config_file {acc['config_file']} " if acc["config_file"] else ""
-    return f"accelerate launch {cfg}--num_processes {acc['num_processes']} -m detoxflow"
-
-
-def tv_finetuned(objective, n):
-    return [f"{TV_DIR}/finetuned/{objective}_n{n}_part{i}" for i in range(int(n))]
-
+TV_VARIANTS = tv_dag.variants(TV)
 
 TV_CHOICE = {
     "json": f"{TV_DIR}/lambda_choice.json",
@@ -70,8 +20,7 @@ TV_CHOICE = {
 
 if TV["enabled"]:
     recipe_path(TV["dataset"])  # fails early, naming the missing recipe
-    MODEL_VARIANTS.extend(m for m in tv_single_models() + tv_merge_models() + tv_ascent_models()
-                          if m not in MODEL_VARIANTS)
+    MODEL_VARIANTS.extend(m for m in tv_dag.model_variants(TV) if m not in MODEL_VARIANTS)
     EXTRA_TARGETS.extend(TV_CHOICE.values())
 
 
@@ -132,9 +81,9 @@ rule tv_finetune:
         n="[0-9]+",
         part="[0-9]+",
     params:
-        settings=as_json({k: v for k, v in TV_FT.items() if k not in _TV_LAUNCH_KEYS}),
+        settings=as_json(tv_dag.training_settings(TV_FT)),
         state=lambda w: f"{TV_DIR}/state/{w.objective}_n{w.n}_part{w.part}",
-        launcher=tv_launcher(),
+        launcher=tv_dag.launcher(TV_FT),
         device=config["model"]["device"],
         trust="--trust-remote-code" if config["model"]["trust_remote_code"] else "",
     log:
@@ -157,7 +106,7 @@ rule tv_finetune:
 rule tv_merge:
     input:
         base=f"{MODELS}/base",
-        finetuned=lambda w: tv_finetuned("descent", w.n),
+        finetuned=lambda w: tv_dag.finetuned_dirs(TV_DIR, "descent", w.n),
     output:
         directory(f"{MODELS}/tv_merge_n{{n}}_l{{lam}}"),
     wildcard_constraints:
@@ -182,7 +131,7 @@ rule tv_merge:
 rule tv_single:
     input:
         base=f"{MODELS}/base",
-        finetuned=tv_finetuned("descent", 1),
+        finetuned=tv_dag.finetuned_dirs(TV_DIR, "descent", 1),
     output:
         directory(f"{MODELS}/tv_single_l{{lam}}"),
     wildcard_constraints:
@@ -206,7 +155,7 @@ rule tv_single:
 rule tv_ascent:
     input:
         base=f"{MODELS}/base",
-        finetuned=tv_finetuned("ascent", 1),
+        finetuned=tv_dag.finetuned_dirs(TV_DIR, "ascent", 1),
     output:
         directory(f"{MODELS}/tv_ascent"),
     params:
@@ -227,16 +176,17 @@ rule tv_ascent:
 
 rule tv_choose_lambda:
     input:
-        perplexity=lambda w: [f"{RESULTS}/eval/{v['model']}/perplexity.json" for v in tv_variants()],
-        toxicity=lambda w: [f"{RESULTS}/eval/{v['model']}/plain/toxicity.json" for v in tv_variants()],
+        perplexity=[f"{RESULTS}/eval/{v['model']}/perplexity.json" for v in TV_VARIANTS],
+        toxicity=[f"{RESULTS}/eval/{v['model']}/plain/toxicity.json" for v in TV_VARIANTS],
     output:
         json=TV_CHOICE["json"],
         md=report(TV_CHOICE["md"], category="3. Task vectors", labels={"table": "lambda choice"}),
         plot=report(TV_CHOICE["plot"], category="3. Task vectors", labels={"plot": "toxicity vs perplexity across lambda"}),
     params:
-        variants=lambda w: as_json(tv_variants()),
+        variants=as_json(TV_VARIANTS),
         settings=as_json(TV["choose_lambda"]),
-        eval_dir=f"{RESULTS}/eval",
+        # results/eval/<model>/perplexity.json -> results/eval
+        eval_dir=lambda w, input: os.path.dirname(os.path.dirname(input.perplexity[0])),
     log:
         f"{LOGS}/task_vectors/choose_lambda.log",
     resources:
