@@ -96,7 +96,7 @@ if AURA["enabled"]:
             f"{BENCH}/aura/fold_{{aura_variant}}.tsv"
         threads: 1
         resources:
-            mem_mb=16000,
+            mem_mb=32000,
             runtime=30,
         conda:
             ENV
