@@ -139,11 +139,15 @@ def plot_dampened(path: str | os.PathLike, aurocs: Mapping[str, torch.Tensor], v
     per_variant = _variant_alphas(aurocs, variants)
     fig, ax = plt.subplots(figsize=(8, 4))
     layers = None
-    for name, alphas in per_variant.items():
+    styles = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "x")]
+    for i, (name, alphas) in enumerate(per_variant.items()):
         counts = OrderedDict((l, int((a < 1).sum())) for l, a in _by_layer(aurocs, alphas).items())
         layers = list(counts)
         total = sum(counts.values())
-        ax.plot(range(len(layers)), list(counts.values()), marker=".", label=f"{name} ({total} units)")
+        ls, marker = styles[i % len(styles)]
+        # Det0 and Damp with the same k dampen the same units: distinct styles keep both lines visible.
+        ax.plot(range(len(layers)), list(counts.values()), ls=ls, marker=marker, markersize=4, fillstyle="none",
+                label=f"{name} ({total} units)")
     if layers is not None:
         ax.set_xticks(range(len(layers)))
         ax.set_xticklabels([str(l) if l >= 0 else "other" for l in layers], rotation=90, fontsize=7)
