@@ -133,3 +133,31 @@ def test_auroc_integer_keys_keep_order_of_every_dtype(dtype):
     labels = torch.randint(0, 2, (60,), generator=g)
     ours = auroc(scores, labels, chunk_elements=600)
     assert torch.allclose(ours, _sklearn(scores.float(), labels), atol=1e-12, rtol=0)
+
+
+def test_variant_names_from_the_config_section():
+    from detoxflow.methods.aura.variants import variant_specs
+
+    specs = variant_specs({"strengths": [1.0, 0.5], "det0": {"enabled": True, "k": [10, 200]},
+                           "damp": {"enabled": True, "k": [10], "alpha": 0.3}})
+    assert [s["name"] for s in specs] == ["aura", "aura_s0.5", "det0_k10", "det0_k200", "damp_k10"]
+    assert specs[-1] == {"name": "damp_k10", "method": "damp", "k": 10, "alpha": 0.3, "strength": 1.0}
+    assert [s["name"] for s in variant_specs({"strengths": [0.25], "det0": {"enabled": False},
+                                              "damp": {"enabled": False}})] == ["aura_s0.25"]
+    with pytest.raises(DetoxflowError, match="duplicate"):
+        variant_specs({"strengths": [1.0, 1], "det0": {"enabled": False}, "damp": {"enabled": False}})
+
+
+def test_cli_reports_user_errors_with_exit_code_2(tmp_path, tiny_gpt2_dir, capsys):
+    from detoxflow.cli import main
+
+    (tmp_path / "tox.jsonl").write_text('{"text": "you idiot"}\n')
+    (tmp_path / "ok.jsonl").write_text('{"text": "hello"}\n')
+    code = main(["aura-responses", "--model", str(tiny_gpt2_dir), "--toxic", str(tmp_path / "tox.jsonl"),
+                 "--nontoxic", str(tmp_path / "ok.jsonl"), "--settings", '{"sentences_per_class": 1, '
+                 '"modules": ["model.layers.*.mlp.up_proj"]}', "--device", "cpu",
+                 "--out", str(tmp_path / "r.safetensors")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "matches no module" in err and "transformer.h.*.mlp.c_fc" in err
+    assert not (tmp_path / "r.safetensors").exists()
