@@ -41,11 +41,13 @@ def gpt2_family(tmp_path_factory, tiny_gpt2_dir, gpt2_tokenizer):
     return tiny_gpt2_dir, fts
 
 
-@pytest.mark.parametrize("lam", [1.0, 0.4])
-def test_negated_mean_task_vector_is_exact(tmp_path, gpt2_family, lam):
+@pytest.mark.parametrize("lam,chunk", [(1.0, 1 << 22), (0.4, 1 << 22), (1.0, 4096)])
+def test_negated_mean_task_vector_is_exact(tmp_path, gpt2_family, lam, chunk):
     base, fts = gpt2_family
     out = tmp_path / "merged"
-    report = merge_task_vectors(base, fts, out, lam=lam, params={"n_splits": 3, "lambda": lam})
+    # chunk=4096: the larger matrices is read, combined and written in many row ranges
+    report = merge_task_vectors(base, fts, out, lam=lam, params={"n_splits": 3, "lambda": lam},
+                                chunk_elements=chunk)
     pre, thetas, got = _state(base), [_state(f) for f in fts], _state(out)
     for key, p in pre.items():
         # the paper's description: negate each task vector, then average the negated models
@@ -182,3 +184,39 @@ def test_cli_merge(tmp_path, gpt2_family):
     rc = main(["tv-merge", "--base", str(base), "--finetuned", str(tmp_path / "nope"), "--lambda", "1",
                "--out", str(tmp_path / "x")])
     assert rc == 2
+
+
+def test_bfloat16_base_stays_bfloat16(tmp_path, tiny_llama_dir, gpt2_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16)
+    base = save_model_folder(model, gpt2_tokenizer, tmp_path / "base", method="base")
+    ft = _perturbed(tiny_llama_dir, tmp_path / "ft", gpt2_tokenizer, seed=3, scale=0.05)  # float32 fine-tune
+    out = tmp_path / "merged"
+    merge_task_vectors(base, [ft], out, lam=0.5, chunk_elements=2048)
+    got, pre, theta = (load_file(d / "model.safetensors") for d in (out, base, ft))
+    assert read_metadata(out)["dtype"] == "bfloat16"
+    for key, p in pre.items():
+        assert got[key].dtype == torch.bfloat16
+        want = (p.double() - 0.5 * (theta[key].double() - p.double())).to(torch.bfloat16)
+        assert torch.equal(got[key], want), key
+
+
+def test_streaming_writer_matches_safetensors(tmp_path):
+    from detoxflow.methods.task_vectors.merge import StreamingSafetensorsWriter, row_chunks
+
+    tensors = {"b": torch.randn(7, 5), "a": torch.arange(12, dtype=torch.int32).reshape(3, 4),
+               "c": torch.tensor(3.5, dtype=torch.bfloat16), "d": torch.zeros(0, 3), "e": torch.tensor([True, False])}
+    layout = {k: ({torch.float32: "F32", torch.int32: "I32", torch.bfloat16: "BF16", torch.bool: "BOOL"}[v.dtype],
+                  tuple(v.shape)) for k, v in tensors.items()}
+    with StreamingSafetensorsWriter(tmp_path / "x.safetensors", layout) as w:
+        for key in w.order:
+            for rows in row_chunks(tuple(tensors[key].shape), 10):
+                w.write(key, tensors[key] if rows is None else tensors[key][rows])
+    back = load_file(tmp_path / "x.safetensors")
+    assert back.keys() == tensors.keys()
+    assert all(torch.equal(back[k], v) for k, v in tensors.items())
+    assert row_chunks((7, 5), 10) == [slice(0, 2), slice(2, 4), slice(4, 6), slice(6, 7)]
+    with pytest.raises(RuntimeError, match="out of order"):
+        with StreamingSafetensorsWriter(tmp_path / "y.safetensors", layout) as w:
+            w.write("b", tensors["b"])

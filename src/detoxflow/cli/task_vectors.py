@@ -39,8 +39,9 @@ def _finetune(args) -> None:
 
 
 def _merge(args) -> None:
-    from ..methods.task_vectors.merge import merge_task_vectors
+    from ..methods.task_vectors.merge import limit_heap_growth, merge_task_vectors
 
+    limit_heap_growth()
     merge_task_vectors(args.base, args.finetuned, args.out, lam=args.lam, negate=not args.add,
                        method=args.method, params=args.params or {})
 

@@ -19,19 +19,22 @@ Rules:
 - A different ``model_type``, a tensor whose shape differs, or no common
   floating tensor at all is an error that names the culprit.
 
-Memory: tensors are read with ``safe_open`` one at a time, reopening the files
-for each tensor so that no memory map keeps pages of N models resident; the
-output is written shard by shard, mirroring the base folder's sharding. Peak
-memory is therefore about one output shard plus a few tensors, whatever N is.
-Arithmetic is done in float64 and cast back to each tensor's stored dtype.
+Memory: tensors are read with ``safe_open`` in chunks of rows (about 4M
+elements), reopening the files for each read so that no memory map keeps pages
+of N models resident, and the result is written straight into the output
+safetensors file (same sharding, dtypes and names as the base). Peak memory is
+a few chunks, independent of N and of the model's size. Arithmetic is done in
+float64 and cast back to each tensor's stored dtype.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
+import struct
 from pathlib import Path
 
 import torch
@@ -45,6 +48,24 @@ log = logging.getLogger(__name__)
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+
+
+def limit_heap_growth(threshold: int = 1 << 20) -> bool:
+    """Serve allocations above ``threshold`` bytes with mmap (glibc), for this whole process.
+
+    glibc raises its mmap threshold after large frees, after which the merge's
+    repeated ~16-32 MB chunk buffers come from the heap and fragment it: peak
+    memory then creeps up with the number of models. A fixed threshold returns
+    every chunk to the OS when freed. Returns False where mallopt is unavailable.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-3, threshold))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
 
 
 def weight_map(folder: str | os.PathLike) -> dict[str, str]:
@@ -66,20 +87,108 @@ def weight_map(folder: str | os.PathLike) -> dict[str, str]:
     )
 
 
-def _read_tensor(folder: Path, filename: str, key: str) -> torch.Tensor:
+# safetensors dtype names -> (bytes per element, torch dtype name)
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
+             "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+SAFETENSORS_TO_TORCH = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+                        "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+# rows of a tensor processed at once: bounds the float64 temporaries (~32 MB each)
+CHUNK_ELEMENTS = 1 << 22
+
+
+def _read_tensor(folder: Path, filename: str, key: str, rows: slice | None = None) -> torch.Tensor:
+    """A tensor, or a range of its rows, read from disk.
+
+    The file is opened per read: a long-lived handle's memory map keeps every
+    page read resident, which would make memory grow with the number of models.
+    """
     from safetensors import safe_open
 
-    # Open per tensor: a long-lived handle's memory map keeps every page read
-    # resident, which would make memory grow with the number of models.
     with safe_open(str(folder / filename), framework="pt") as fh:
-        return fh.get_tensor(key)
+        if rows is None:
+            return fh.get_tensor(key)
+        return fh.get_slice(key)[rows]
+
+
+def _tensor_info(folder: Path, filename: str, key: str) -> tuple[str, tuple[int, ...]]:
+    """(safetensors dtype name, shape) without reading the data."""
+    from safetensors import safe_open
+
+    with safe_open(str(folder / filename), framework="pt") as fh:
+        sl = fh.get_slice(key)
+        return sl.get_dtype(), tuple(sl.get_shape())
 
 
 def _tensor_shape(folder: Path, filename: str, key: str) -> tuple[int, ...]:
-    from safetensors import safe_open
+    return _tensor_info(folder, filename, key)[1]
 
-    with safe_open(str(folder / filename), framework="pt") as fh:
-        return tuple(fh.get_slice(key).get_shape())
+
+def row_chunks(shape: tuple[int, ...], chunk_elements: int = CHUNK_ELEMENTS) -> list[slice | None]:
+    """Ranges of rows (first dimension) holding about ``chunk_elements`` elements each."""
+    if len(shape) == 0 or shape[0] == 0:
+        return [None]
+    per_row = math.prod(shape[1:])
+    step = max(1, chunk_elements // max(per_row, 1))
+    if step >= shape[0]:
+        return [None]
+    return [slice(a, min(a + step, shape[0])) for a in range(0, shape[0], step)]
+
+
+class StreamingSafetensorsWriter:
+    """Write a .safetensors file tensor by tensor (chunk by chunk), never holding it in memory.
+
+    The layout (dtype and shape of every tensor) is known up front, so the
+    header is written first; tensors must then be written completely, in
+    ``self.order``, each as one or more consecutive row chunks.
+    """
+
+    def __init__(self, path: Path, layout: dict[str, tuple[str, tuple[int, ...]]]):
+        self.path = Path(path)
+        self.order = sorted(layout)
+        header: dict[str, dict] = {}
+        offset = 0
+        self._sizes = {}
+        for key in self.order:
+            dtype, shape = layout[key]
+            if dtype not in _ITEMSIZE:
+                raise DetoxflowError(f"tensor '{key}': unsupported safetensors dtype {dtype}")
+            nbytes = math.prod(shape) * _ITEMSIZE[dtype]
+            header[key] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            self._sizes[key] = nbytes
+            offset += nbytes
+        header["__metadata__"] = {"format": "pt"}
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
+        self._header = blob
+        self._written = {key: 0 for key in self.order}
+        self._next = 0
+
+    def __enter__(self) -> "StreamingSafetensorsWriter":
+        self._fh = open(self.path, "wb")
+        self._fh.write(struct.pack("<Q", len(self._header)))
+        self._fh.write(self._header)
+        return self
+
+    def write(self, key: str, tensor: torch.Tensor) -> None:
+        current = self.order[self._next]
+        if key != current:
+            following = self.order[self._next + 1] if self._next + 1 < len(self.order) else None
+            if self._written[current] != self._sizes[current] or key != following:
+                raise RuntimeError(f"tensor '{key}' written out of order (expected '{current}')")
+            self._next += 1
+        data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+        if self._written[key] + data.nbytes > self._sizes[key]:
+            raise RuntimeError(f"tensor '{key}': more bytes than its shape holds")
+        self._fh.write(memoryview(data))
+        self._written[key] += data.nbytes
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._fh.close()
+        if exc_type is None:
+            short = [k for k in self.order if self._written[k] != self._sizes[k]]
+            if short:
+                raise RuntimeError(f"{self.path}: tensors not completely written: {short[:3]}")
 
 
 def _model_type(folder: Path) -> str | None:
@@ -120,6 +229,7 @@ def merge_task_vectors(
     negate: bool = True,
     method: str = "task_vector_merge",
     params: dict | None = None,
+    chunk_elements: int = CHUNK_ELEMENTS,
 ) -> dict:
     """Write ``theta_pre -/+ lam * mean_i(theta_i - theta_pre)`` as a model folder.
 
@@ -127,8 +237,6 @@ def merge_task_vectors(
     weights (same dtype and sharding as the base) and ``detoxflow.json`` with
     ``method`` and ``params``. Returns a report of what was combined.
     """
-    from safetensors.torch import save_file
-
     base = Path(base_dir)
     finetuned = [Path(d) for d in finetuned_dirs]
     if not finetuned:
@@ -148,35 +256,41 @@ def merge_task_vectors(
     for key, fname in base_map.items():
         shards.setdefault(fname, []).append(key)
 
+    def combine(key: str, fname: str, rows: slice | None) -> torch.Tensor:
+        pre = _read_tensor(base, fname, key, rows)
+        pre64 = pre.to(torch.float64)
+        acc = torch.zeros_like(pre64)
+        for ft, fmap in zip(finetuned, maps):
+            acc.add_(_read_tensor(ft, fmap[key], key, rows))  # accumulates in float64, no float64 copy
+            acc.sub_(pre64)
+        return acc.mul_(scale / n).add_(pre64).to(pre.dtype)
+
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(base_map), desc="merge tensors")
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         for fname, keys in shards.items():
-            out: dict[str, torch.Tensor] = {}
-            for key in keys:
-                pre = _read_tensor(base, fname, key)
-                if not pre.is_floating_point():
-                    out[key] = pre
-                    copied_int.append(key)
-                elif any(key not in m for m in maps):
-                    out[key] = pre
-                    copied_missing.append(key)
-                else:
-                    pre64 = pre.to(torch.float64)
-                    acc = torch.zeros_like(pre64)
-                    for ft, fmap in zip(finetuned, maps):
-                        acc += _read_tensor(ft, fmap[key], key).to(torch.float64)
-                        acc -= pre64
-                    acc.mul_(scale / n).add_(pre64)
-                    out[key] = acc.to(pre.dtype).contiguous()
-                    combined.append(key)
-                    dtypes.add(str(pre.dtype).replace("torch.", ""))
-                    del acc, pre64
-                bar.update(1)
-            save_file(out, str(tmp / fname), metadata={"format": "pt"})
-            del out
+            layout = {key: _tensor_info(base, fname, key) for key in keys}
+            with StreamingSafetensorsWriter(tmp / fname, layout) as writer:
+                for key in writer.order:
+                    dtype, shape = layout[key]
+                    if dtype not in FLOAT_DTYPES:
+                        kind = "copy"
+                        copied_int.append(key)
+                    elif any(key not in m for m in maps):
+                        kind = "copy"
+                        copied_missing.append(key)
+                    else:
+                        kind = "combine"
+                        combined.append(key)
+                        dtypes.add(dtype)
+                    for rows in row_chunks(shape, chunk_elements):
+                        if kind == "copy":
+                            writer.write(key, _read_tensor(base, fname, key, rows))
+                        else:
+                            writer.write(key, combine(key, fname, rows))
+                    bar.update(1)
         bar.close()
         if not combined:
             raise DetoxflowError(
@@ -201,7 +315,7 @@ def merge_task_vectors(
         write_json(tmp / METADATA_FILE, {
             "method": method,
             "params": params or {},
-            "dtype": dtypes.pop() if len(dtypes) == 1 else "mixed",
+            "dtype": SAFETENSORS_TO_TORCH[dtypes.pop()] if len(dtypes) == 1 else "mixed",
             "detoxflow_version": __version__,
             "task_vectors": report,
         })
