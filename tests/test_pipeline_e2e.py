@@ -19,6 +19,18 @@ def test_dry_run_of_default_config_offline(tmp_path, shared_data):
         assert rule in out
 
 
+def test_dry_run_with_every_stage(tmp_path, shared_data):
+    """The CI overlay (.test/config.yaml) switches every stage on: the whole DAG must resolve."""
+    import yaml
+
+    overlay = yaml.safe_load((REPO / "workflow/presets/offline.yaml").read_text())
+    overlay = {**overlay, **yaml.safe_load((REPO / ".test/config.yaml").read_text()), "data_root": str(shared_data)}
+    proc = run_snakemake(tmp_path, overlay, "-n", "--quiet", "rules")
+    out = proc.stdout + proc.stderr
+    for rule in ("tv_finetune", "tv_merge", "aura_fold", "dinm_edit_model", "safeedit_score", "summarize"):
+        assert rule in out, rule
+
+
 @pytest.mark.slow
 def test_full_run_on_tiny_gpt2(tmp_path, shared_data, tiny_gpt2_dir):
     overlay = tiny_overlay(tiny_gpt2_dir, shared_data,
