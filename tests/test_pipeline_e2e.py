@@ -23,8 +23,12 @@ def test_dry_run_with_every_stage(tmp_path, shared_data):
     """The CI overlay (.test/config.yaml) switches every stage on: the whole DAG must resolve."""
     import yaml
 
+    from detoxflow.config import deep_update
+
     overlay = yaml.safe_load((REPO / "workflow/presets/offline.yaml").read_text())
-    overlay = {**overlay, **yaml.safe_load((REPO / ".test/config.yaml").read_text()), "data_root": str(shared_data)}
+    deep_update(overlay, yaml.safe_load((REPO / ".test/config.yaml").read_text()))
+    overlay["data_root"] = str(shared_data)
+    assert overlay["task_vectors"] == {"dataset": "davidson_toxic", "enabled": True}
     proc = run_snakemake(tmp_path, overlay, "-n", "--quiet", "rules")
     out = proc.stdout + proc.stderr
     for rule in ("tv_finetune", "tv_merge", "aura_fold", "dinm_edit_model", "safeedit_score", "summarize"):
