@@ -178,3 +178,41 @@ def test_model_unsafe_responses_replace_targets(advbench):
     assert out[0]["unsafe generation"] == test[0]["unsafe generation"]   # empty response keeps the target
     assert out[1]["unsafe generation"] == f"resp {len(test[1]['adversarial prompt'])}"
     assert out[1]["unsafe generation source"] == "model"
+
+
+def test_hub_download_failure_is_a_clear_error(monkeypatch):
+    from detoxflow.data.safeedit import download_safeedit
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value_never_printed")
+    with pytest.raises(DetoxflowError) as err:
+        download_safeedit("SafeEdit_test.json", repo="zjunlp/SafeEdit")
+    msg = str(err.value)
+    assert "zjunlp/SafeEdit" in msg and "HF_TOKEN" in msg and "standin" in msg
+    assert "hf_secret_value_never_printed" not in msg
+
+
+def test_cli_reads_local_files_relative_to_data_root(tmp_path):
+    from detoxflow.cli import main
+
+    root = tmp_path / "data"
+    (root / "safeedit").mkdir(parents=True)
+    train = [record(10)]
+    for field in GENERALIZATION_FIELDS.values():
+        train[0]["generalization test"][field] = ""
+    (root / "safeedit" / "train.json").write_text(json.dumps(train))
+    (root / "safeedit" / "test.json").write_text(json.dumps([record(0), record(1)]))
+    settings = json.dumps({"source": "local", "local": {"train": "safeedit/train.json", "test": "safeedit/test.json"}})
+    out_train, out_test = tmp_path / "tr.json", tmp_path / "te.json"
+    assert main(["safeedit-data", "--settings", settings, f"--data-root={root}", "--train", str(out_train),
+                 "--test", str(out_test)]) == 0
+    assert json.loads(out_train.read_text()) == train
+    assert [r["id"] for r in json.loads(out_test.read_text())] == [0, 1]
+    # a test split without generalization inputs is refused (DG needs them): exit 2, no output
+    (root / "safeedit" / "test.json").write_text(json.dumps(train))
+    out_test.unlink()
+    assert main(["safeedit-data", "--settings", settings, f"--data-root={root}", "--train", str(out_train),
+                 "--test", str(out_test)]) == 2
+    assert not out_test.exists()
+    missing = json.dumps({"source": "local", "local": {"train": None, "test": "x.json"}})
+    assert main(["safeedit-data", "--settings", missing, "--train", str(out_train), "--test", str(out_test)]) == 2
