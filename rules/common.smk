@@ -23,6 +23,11 @@ except DetoxflowError as exc:
 
 expose_cli_beside_interpreter()
 
+# A relative data_root (as in workflow/presets/offline.yaml) is relative to this
+# repository, whatever --directory the workflow runs in.
+if config["data_root"] and not os.path.isabs(config["data_root"]):
+    config["data_root"] = os.path.normpath(os.path.join(workflow.basedir, config["data_root"]))
+
 ENV = "../envs/detoxflow.yaml"
 RESULTS = "results"
 MODELS = f"{RESULTS}/models"
