@@ -1,5 +1,6 @@
-"""DINM per instance: seconds to locate + edit, and the protocol's evaluation with the base model's
-responses cached vs regenerated for every instance.
+"""DINM per instance: seconds to locate + edit (layers below the edited one computed once per edit vs
+at every step), and the protocol's evaluation with the base model's responses cached vs regenerated
+for every instance.
 
     .venv/bin/python benchmarks/bench_dinm_per_instance.py [--model FOLDER] [--instances 3]
         [--max-new-tokens 24] [--chat-template] [--device cpu]
@@ -9,6 +10,8 @@ Instances: the offline SafeEdit stand-in built from ../shared/data/advbench. The
 on the same instances: once reusing the base model's responses (what the DAG does: the base
 model's SafeEdit responses exist anyway for its own row of the table), once generating the vanilla
 responses again before every edit (the straightforward way). Both must give the same responses.
+The edit alone is timed a second time with ``reuse_lower_layers: false`` (a full forward pass at
+every step, the straightforward way) and must give the same losses.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import pandas as pd  # noqa: E402
 from common import machine, smollm2_dir  # noqa: E402
 
 from detoxflow.data.safeedit_standin import build_standin  # noqa: E402
+from detoxflow.methods.dinm import DinmEditor, DinmSettings  # noqa: E402
 from detoxflow.models import load_model, load_tokenizer  # noqa: E402
 from detoxflow.safety.evaluate import build_requests, fill_responses  # noqa: E402
 from detoxflow.safety.protocol import run_per_instance  # noqa: E402
@@ -66,6 +70,17 @@ def main() -> None:
     regenerated = time.perf_counter() - t0
     same = [r["response"] for r in rows_c] == [r["response"] for r in rows_r]
 
+    # the edit with a full forward pass at every step
+    full_editor = DinmEditor(model, tok, DinmSettings(chat_template=args.chat_template, reuse_lower_layers=False))
+    full_edit, full_losses = [], []
+    for rec in test:
+        r = full_editor.edit_instance(rec)
+        full_editor.restore()
+        full_edit.append(r.edit_seconds)
+        full_losses.append(r.losses)
+    same_losses = all(abs(a - b) <= 1e-4 * abs(b) for e, fl in zip(edits_c, full_losses)
+                      for a, b in zip(e["losses"], fl))
+
     n = len(edits_c) + len(edits_r)
     locate = sum(e["locate_seconds"] for e in edits_c + edits_r) / n
     edit = sum(e["edit_seconds"] for e in edits_c + edits_r) / n
@@ -73,6 +88,9 @@ def main() -> None:
     print(f"layers located: {[e['layer'] for e in edits_c]}")
     print(f"per instance: locate {locate:.2f} s + edit ({edits_c[0]['steps']} Adam steps) {edit:.2f} s "
           f"= {locate + edit:.2f} s; answering the 5 inputs after the edit {evaluate:.2f} s")
+    full = sum(full_edit) / len(full_edit)
+    print(f"edit with a full forward pass at every step: {full:.2f} s; ratio full / reuse {full / edit:.2f}x; "
+          f"same losses: {same_losses}")
     print(f"base model responses (generated once, reused): {base_seconds:.1f} s for {len(base_rows)} inputs")
     print(f"protocol, vanilla from the cache:   {cached:.1f} s ({cached / args.instances:.1f} s/instance)")
     print(f"protocol, vanilla regenerated:      {regenerated:.1f} s ({regenerated / args.instances:.1f} s/instance; "

@@ -32,6 +32,7 @@ from ...errors import DetoxflowError
 from .inputs import IGNORE, EditInputs, Encoded, encode_pair, instance_inputs
 from .locate import LOCATE_MODES, Location, locate_toxic_layer
 from .parts import decoder_layers, mlp_out_param_names
+from .upper import UpperStack
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class DinmSettings:
     suffix: str = DINM_SUFFIX
     chat_template: bool = False
     max_length: int | None = None    # cap on prompt + response tokens
+    reuse_lower_layers: bool = True  # run only the layers from the edited one up (checked against the full model)
     lr_by_family: dict = field(default_factory=lambda: dict(LR_BY_FAMILY))
     default_lr: float = 5e-4
 
@@ -107,16 +109,22 @@ def knowledge_reference(model, tokenizer, inputs: EditInputs, *, max_length: int
     return KnowledgeRef(enc, F.log_softmax(_upcast(logits), dim=-1))
 
 
-def kl_term(model, ref: KnowledgeRef) -> torch.Tensor:
+def _logits(model, input_ids: torch.Tensor, stack: UpperStack | None) -> torch.Tensor:
+    if stack is not None:
+        return stack.logits()
+    return model(input_ids=input_ids, use_cache=False).logits
+
+
+def kl_term(model, ref: KnowledgeRef, stack: UpperStack | None = None) -> torch.Tensor:
     """KL(original || current) averaged over the answer tokens; differentiable in the current weights."""
-    logits = model(input_ids=ref.enc.input_ids, use_cache=False).logits[0, _answer_positions(ref.enc)]
+    logits = _logits(model, ref.enc.input_ids, stack)[0, _answer_positions(ref.enc)]
     current = F.log_softmax(_upcast(logits), dim=-1)
     return F.kl_div(current, ref.logprobs, log_target=True, reduction="batchmean")
 
 
-def nll_term(model, enc: Encoded) -> torch.Tensor:
+def nll_term(model, enc: Encoded, stack: UpperStack | None = None) -> torch.Tensor:
     """Mean NLL of the response tokens given the prompt."""
-    logits = _upcast(model(input_ids=enc.input_ids, use_cache=False).logits[0, :-1])
+    logits = _upcast(_logits(model, enc.input_ids, stack)[0, :-1])
     return F.cross_entropy(logits, enc.labels[0, 1:], ignore_index=IGNORE)
 
 
@@ -193,6 +201,14 @@ class DinmEditor:
         encs = [encode_pair(self.tokenizer, it.prompt, it.safe, special_tokens=it.special_tokens,
                             max_length=s.max_length).to(device) for it in items]
         names = sorted({n for layer in layers for n in mlp_out_param_names(model, layer)})
+        enc_stacks: list[UpperStack | None] = [None] * len(encs)
+        ref_stacks: list[UpperStack | None] = [None] * len(refs)
+        if s.reuse_lower_layers:
+            start = min(layers)
+            enc_stacks = [UpperStack(model, e.input_ids, start) for e in encs]
+            ref_stacks = [UpperStack(model, r.enc.input_ids, start) for r in refs]
+            if not all(st.ok for st in enc_stacks + ref_stacks):
+                enc_stacks, ref_stacks = [None] * len(encs), [None] * len(refs)
         params = dict(model.named_parameters())
         targets = [params[n] for n in names]
         for n in names:
@@ -212,11 +228,11 @@ class DinmEditor:
             for step in range(s.steps):
                 optimiser.zero_grad(set_to_none=True)
                 total = 0.0
-                for enc, ref in zip(encs, refs):
-                    nll = nll_term(model, enc)
+                for enc, ref, enc_stack, ref_stack in zip(encs, refs, enc_stacks, ref_stacks):
+                    nll = nll_term(model, enc, enc_stack)
                     loss = s.c_edit * nll
                     if s.c_kl:
-                        loss = loss + s.c_kl * kl_term(model, ref)
+                        loss = loss + s.c_kl * kl_term(model, ref, ref_stack)
                     (loss / len(encs)).backward()
                     total += loss.item() / len(encs)
                     if step == 0:
