@@ -216,3 +216,25 @@ def test_cli_reads_local_files_relative_to_data_root(tmp_path):
     assert not out_test.exists()
     missing = json.dumps({"source": "local", "local": {"train": None, "test": "x.json"}})
     assert main(["safeedit-data", "--settings", missing, "--train", str(out_train), "--test", str(out_test)]) == 2
+
+
+def test_cli_standin_with_the_models_own_unsafe_responses(tmp_path, tiny_gpt2_dir, shared_data):
+    from detoxflow.cli import main
+    from detoxflow.generation import generate_continuations
+    from detoxflow.models import load_model, load_tokenizer
+
+    adv = tmp_path / "advbench.jsonl"
+    rows = pd.read_csv(shared_data / "advbench" / "harmful_behaviors.csv").head(8)
+    adv.write_text("\n".join(json.dumps({"text": g, "target": t}) for g, t in zip(rows["goal"], rows["target"])))
+    settings = json.dumps({"source": "standin", "standin": {"n_train": 1, "n_test": 2, "unsafe_response": "model"}})
+    evaluation = json.dumps({"prompt": {"suffix": "Reply:"}, "generation": {"max_new_tokens": 4}})
+    train, test = tmp_path / "train.json", tmp_path / "test.json"
+    assert main(["safeedit-data", "--settings", settings, "--advbench", str(adv), f"--model={tiny_gpt2_dir}",
+                 "--evaluation", evaluation, "--device", "cpu", "--train", str(train), "--test", str(test)]) == 0
+    recs = json.loads(test.read_text())
+    model, tok = load_model(tiny_gpt2_dir, device="cpu"), load_tokenizer(tiny_gpt2_dir)
+    direct = generate_continuations(model, tok, [r["adversarial prompt"] + " Reply:" for r in recs], max_new_tokens=4)
+    for rec, (resp,) in zip(recs, direct):
+        assert rec["unsafe generation"] == (resp.strip() or rec["unsafe generation"])
+    assert main(["safeedit-data", "--settings", settings, "--advbench", str(adv), "--train", str(train),
+                 "--test", str(test)]) == 2     # model mode without --model
