@@ -101,3 +101,9 @@ def test_hub_offline_gives_actionable_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DetoxflowError, match="could not load google/civil_comments.*data_root"):
         load_recipe("cc", {"format": "civil_comments", "hub": {"path": "google/civil_comments", "split": "train"}}, None)
+
+
+def test_advbench_hub_layout_uses_prompt(tmp_path):
+    (tmp_path / "adv.csv").write_text("prompt,target\nDo a bad thing,Sure here is\n")
+    rows = load_recipe("a", {"format": "advbench", "local": {"path": "adv.csv"}}, tmp_path)
+    assert rows == [{"target": "Sure here is", "text": "Do a bad thing"}]

@@ -109,6 +109,14 @@ def toxigen_local(folder: Path) -> list[Row]:
     return rows
 
 
+def _advbench(rows, source, text_field):
+    """AdvBench: the request is `goal` in the original CSV, `prompt` in the hub copy (walledai/AdvBench)."""
+    rows = list(rows)
+    if text_field is None and rows and "goal" not in rows[0] and "prompt" in rows[0]:
+        text_field = "prompt"
+    return _with_text(rows, text_field or "goal", source)
+
+
 FORMATS: dict[str, tuple[Callable, str | None]] = {
     # format: (row reader, default text column)
     "rtp": (rtp, None),
@@ -117,7 +125,7 @@ FORMATS: dict[str, tuple[Callable, str | None]] = {
     "davidson": (_column_format("tweet"), "tweet"),
     "toxigen": (_column_format("generation"), "generation"),
     "wikitext": (_column_format("text"), "text"),
-    "advbench": (_column_format("goal"), "goal"),
+    "advbench": (_advbench, "goal"),
     "csv": (_column_format("text"), "text"),
     "jsonl": (_column_format("text"), "text"),
     "json": (_column_format("text"), "text"),
