@@ -73,12 +73,8 @@ EVAL = config["evaluation"]
 def eval_runs():
     runs = [(m, "plain") for m in MODEL_VARIANTS]
     for name in EVAL["preprompts"]:
-        for m in EVAL["preprompt_models"]:
-            if m not in MODEL_VARIANTS:
-                raise WorkflowError(
-                    f"evaluation.preprompt_models names '{m}', which is not a model variant of this "
-                    f"config (variants: {', '.join(MODEL_VARIANTS)})"
-                )
+        # a model of a disabled stage (e.g. aura with aura.enabled: false) is skipped
+        for m in (m for m in EVAL["preprompt_models"] if m in MODEL_VARIANTS):
             runs.append((m, name))
     return runs
 
