@@ -35,7 +35,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=20)
     ap.add_argument("--batch", type=int, default=40)
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/rtp/challenging_toxic.jsonl"))
+    ap.add_argument("--data",
+                    default=str(Path(__file__).resolve().parents[2] / "shared/data/rtp/challenging_toxic.jsonl"))
     args = ap.parse_args()
     prompts = [json.loads(line)["prompt"]["text"] for line in open(args.data)][: args.prompts]
     folder = args.model or smollm2_dir()

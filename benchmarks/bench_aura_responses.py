@@ -57,7 +57,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--model", default=None, help="SmolLM2 folder (default: materialised under benchmarks/out)")
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/davidson/labeled_data.csv"))
+    ap.add_argument("--data",
+                    default=str(Path(__file__).resolve().parents[2] / "shared/data/davidson/labeled_data.csv"))
     args = ap.parse_args()
     texts = pd.read_csv(args.data)["tweet"].sample(args.sentences, random_state=0).tolist()
     folder = args.model or smollm2_dir()

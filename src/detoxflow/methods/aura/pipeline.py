@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
-from ...errors import DetoxflowError
 from ...io import read_jsonl, write_jsonl
 from ...models import load_model, load_tokenizer, read_metadata, save_model_folder
 from ...runtime import seed_everything
@@ -16,7 +16,6 @@ from .fold import fold_alphas
 from .interventions import compute_alphas, count_dampened
 from .modules import output_units, select_modules
 from .responses import record_responses, sample_sentences, save_responses
-from .variants import variant_specs  # noqa: F401  (re-exported for callers)
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +115,7 @@ def run_fold(
                        trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(model_dir)
     # Same checks as at recording time (module exists, is Linear/Conv1D, weight not tied).
-    select_modules(model, ["re:" + "|".join(_escape(n) for n in alphas)])
+    select_modules(model, ["re:" + "|".join(re.escape(n) for n in alphas)])
     changed = fold_alphas(model, alphas)
     n_units = sum(a.numel() for a in alphas.values())
     params = {"n_dampened": count_dampened(alphas), "n_units": n_units,
@@ -129,12 +128,6 @@ def run_fold(
             params["alpha"] = float(spec.get("alpha", 0.5))
     log.info("%s: %d of %d units dampened in %d layers", spec["name"], params["n_dampened"], n_units, changed)
     return save_model_folder(model, tokenizer, out, method=spec["method"], params=params)
-
-
-def _escape(name: str) -> str:
-    import re
-
-    return re.escape(name)
 
 
 def run_plots(expertise_path, variants: list[dict], auroc_plot, dampened_plot, stats_csv, stats_json) -> None:

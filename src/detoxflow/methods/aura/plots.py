@@ -84,7 +84,9 @@ def expertise_summary(aurocs: Mapping[str, torch.Tensor], variants: Sequence[dic
     }
 
 
-def _by_layer(aurocs: Mapping[str, torch.Tensor], values: Mapping[str, torch.Tensor]) -> "OrderedDict[int, torch.Tensor]":
+def _by_layer(
+    aurocs: Mapping[str, torch.Tensor], values: Mapping[str, torch.Tensor]
+) -> "OrderedDict[int, torch.Tensor]":
     groups: "OrderedDict[int, list]" = OrderedDict()
     for name in aurocs:
         layer = layer_index(name)
@@ -93,7 +95,10 @@ def _by_layer(aurocs: Mapping[str, torch.Tensor], values: Mapping[str, torch.Ten
 
 
 def plot_auroc_alpha(path: str | os.PathLike, aurocs: Mapping[str, torch.Tensor], variants: Sequence[dict]) -> Path:
-    """Two panels: AUROC per layer (box plot, whiskers at 1/99 %), and AurA alpha per layer (mean, 1 % quantile, min)."""
+    """Two panels: AUROC per layer (box plot, whiskers at 1/99 %) and AurA alpha per layer.
+
+    The alpha panel shows the mean, the 1 % quantile and the minimum per layer.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

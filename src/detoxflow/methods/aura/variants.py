@@ -15,7 +15,8 @@ def strength_name(strength: float) -> str:
 
 def variant_specs(section: dict) -> list[dict]:
     """[{name, method, strength, k?, alpha?}] for AurA (one per strength), Det0 and Damp (one per k)."""
-    specs = [{"name": strength_name(s), "method": "aura", "strength": float(s)} for s in section.get("strengths", [1.0])]
+    specs = [{"name": strength_name(s), "method": "aura", "strength": float(s)}
+             for s in section.get("strengths", [1.0])]
     det0 = section.get("det0") or {}
     if det0.get("enabled", True):
         specs += [{"name": f"det0_k{int(k)}", "method": "det0", "k": int(k), "strength": 1.0}
