@@ -180,7 +180,7 @@ def sample_sentences(
             raise DetoxflowError(
                 f"aura: the {kind} set (recipe '{name}') has {len(texts)} distinct non-empty texts, "
                 f"fewer than aura.sentences_per_class={per_class}. Lower aura.sentences_per_class or point "
-                f"aura.{kind} at a recipe with more rows (offline, the shared Jigsaw sample has only 18 toxic "
+                f"aura.{kind} at a recipe with more rows (offline, the shared Jigsaw sample has only 43 toxic "
                 f"rows: use aura.toxic: davidson_offensive and aura.nontoxic: davidson_neither)."
             )
         chosen = rng.sample(texts, per_class)
