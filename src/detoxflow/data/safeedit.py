@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import DetoxflowError
+from ..runtime import hf_token
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +162,9 @@ def download_safeedit(filename: str, *, repo: str = HUB_REPO, revision: str | No
         from huggingface_hub import hf_hub_download
     except ImportError:  # pragma: no cover - a dependency of transformers
         raise DetoxflowError("huggingface_hub is needed to download SafeEdit") from None
-    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
     try:
         return Path(hf_hub_download(repo_id=repo, filename=filename, repo_type="dataset", revision=revision,
-                                    token=token))
+                                    token=hf_token()))
     except Exception as exc:  # network, gating, missing file: all reported the same way
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DetoxflowError(
