@@ -50,6 +50,17 @@ def test_layered_files_merge_deeply(tmp_path):
         load_config([tmp_path / "nope.yaml"], SCHEMAS)
 
 
+def test_overlay_drops_a_default_preprompt_with_null(tmp_path):
+    base = yaml.safe_load((REPO / "config.yaml").read_text())["evaluation"]["preprompts"]
+    assert set(base) == {"polite", "adversarial"}
+    overlay = tmp_path / "o.yaml"
+    overlay.write_text(yaml.safe_dump({"evaluation": {"preprompts": {"adversarial": None, "terse": "Be brief. "}}}))
+    cfg = load_config([REPO / "config.yaml", overlay], SCHEMAS)
+    assert cfg["evaluation"]["preprompts"] == {"polite": base["polite"], "terse": "Be brief. "}
+    with pytest.raises(DetoxflowError, match=r"evaluation\.preprompts\.polite"):
+        validate_config({"evaluation": {"preprompts": {"polite": ""}}}, SCHEMAS)
+
+
 def test_snakemake_refuses_a_bad_config(tmp_path):
     overlay = tmp_path / "bad.yaml"
     overlay.write_text(yaml.safe_dump({"evaluation": {"generation": {"top_p": 2}}}))

@@ -78,7 +78,16 @@ def validate_config(config: dict[str, Any], schema_dir: str | Path) -> dict[str,
             else:
                 lines.append(f"{_dotted(err.absolute_path)}: {err.message}")
         raise DetoxflowError("invalid config:\n  " + "\n  ".join(lines))
+    _drop_nulled_preprompts(config)
     return config
+
+
+def _drop_nulled_preprompts(config: dict[str, Any]) -> None:
+    """Overlays merge deeply, so a pre-prompt of config.yaml can only be removed by setting it to null."""
+    preprompts = config.get("evaluation", {}).get("preprompts")
+    if isinstance(preprompts, dict):
+        for name in [k for k, v in preprompts.items() if v is None]:
+            del preprompts[name]
 
 
 def load_config(paths: list[str | Path], schema_dir: str | Path) -> dict[str, Any]:
