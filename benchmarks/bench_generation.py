@@ -1,4 +1,5 @@
-"""Batched RTP generation vs one `generate` call per prompt (the reference code's way).
+"""Batched RTP generation vs one `generate` call per prompt (the reference code's way),
+and detoxflow's nucleus filter vs Transformers' top-p warper (full vocabulary sort).
 
     .venv/bin/python benchmarks/bench_generation.py [--prompts 16 --k 5 --tokens 20 --batch 40]
 
@@ -40,6 +41,17 @@ def main() -> None:
     generate_continuations(model, tok, prompts, batch_size=args.batch, seed=0, **kw)
     batched = time.perf_counter() - t0
 
+    # the same batches through Transformers' own temperature / top-p warpers
+    tok.padding_side = "left"
+    per_batch = max(1, args.batch // args.k)
+    t0 = time.perf_counter()
+    for start in range(0, len(prompts), per_batch):
+        enc = tok(prompts[start:start + per_batch], return_tensors="pt", padding=True)
+        with torch.no_grad():
+            model.generate(**enc, max_new_tokens=args.tokens, do_sample=True, top_p=0.9, temperature=1.0, top_k=0,
+                           num_return_sequences=args.k, pad_token_id=tok.pad_token_id)
+    hf_top_p = time.perf_counter() - t0
+
     t0 = time.perf_counter()
     for p in prompts:  # one generate call per prompt, as the reference code does
         generate_continuations(model, tok, [p], batch_size=args.k, seed=0, **kw)
@@ -49,8 +61,9 @@ def main() -> None:
     print(f"machine: {machine()}  threads: {torch.get_num_threads()}")
     print(f"{args.prompts} prompts x {args.k} samples x {args.tokens} new tokens (SmolLM2-135M, fp32)")
     print(f"batched (batch {args.batch} sequences): {batched:.1f} s  ({n / batched:.1f} continuations/s)")
+    print(f"batched, Transformers' top-p warper: {hf_top_p:.1f} s  ({n / hf_top_p:.1f} continuations/s)")
     print(f"one generate call per prompt:        {per_prompt:.1f} s  ({n / per_prompt:.1f} continuations/s)")
-    print(f"speed-up: {per_prompt / batched:.2f}x")
+    print(f"speed-up of batching: {per_prompt / batched:.2f}x; of the nucleus filter: {hf_top_p / batched:.2f}x")
 
 
 if __name__ == "__main__":

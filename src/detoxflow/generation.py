@@ -11,8 +11,10 @@ from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
+from transformers import LogitsProcessorList
 
 from .runtime import seed_everything
+from .sampling import NucleusFilter
 
 
 @torch.no_grad()
@@ -45,9 +47,11 @@ def generate_continuations(
     device = next(model.parameters()).device
     per_batch = max(1, batch_size // num_return_sequences)
     results: list[list[str]] = []
-    sample_kwargs = {"do_sample": True, "top_p": top_p, "temperature": temperature, "top_k": 0} if do_sample else {
-        "do_sample": False
-    }
+    if do_sample:  # temperature and top-p in one processor that avoids sorting the vocabulary (sampling.py)
+        sample_kwargs = {"do_sample": True, "top_p": 1.0, "temperature": 1.0, "top_k": 0,
+                         "logits_processor": LogitsProcessorList([NucleusFilter(top_p, temperature)])}
+    else:
+        sample_kwargs = {"do_sample": False}
     for start in tqdm(range(0, len(prompts), per_batch), desc=desc, unit="batch"):
         chunk = list(prompts[start:start + per_batch])
         enc = tokenizer(
