@@ -12,6 +12,9 @@ TV_FT = TV["finetune"]
 TV_DIR = f"{RESULTS}/task_vectors"
 TV_VARIANTS = tv_dag.variants(TV)
 
+TV_FAMILIES = tv_dag.stats_families(TV, TV_DIR)
+TV_STATS = {"json": f"{TV_DIR}/vector_stats.json", "md": f"{TV_DIR}/vector_stats.md"}
+
 TV_CHOICE = {
     "json": f"{TV_DIR}/lambda_choice.json",
     "md": f"{TV_DIR}/lambda_choice.md",
@@ -22,6 +25,8 @@ if TV["enabled"]:
     recipe_path(TV["dataset"])  # fails early, naming the missing recipe
     MODEL_VARIANTS.extend(m for m in tv_dag.model_variants(TV) if m not in MODEL_VARIANTS)
     EXTRA_TARGETS.extend(TV_CHOICE.values())
+    if TV_FAMILIES:
+        EXTRA_TARGETS.extend(TV_STATS.values())
 
 
 rule tv_toxic_set:
@@ -198,3 +203,26 @@ rule tv_choose_lambda:
         "detoxflow tv-choose-lambda --eval-dir {params.eval_dir} --variants {params.variants:q} "
         "--settings {params.settings:q} --json {output.json} --markdown {output.md} --plot {output.plot} "
         "> {log} 2>&1"
+
+
+rule tv_vector_stats:
+    input:
+        base=f"{MODELS}/base",
+        finetuned=sorted({d for dirs in TV_FAMILIES.values() for d in dirs}),
+    output:
+        json=TV_STATS["json"],
+        md=report(TV_STATS["md"], category="3. Task vectors", labels={"table": "task-vector norms and cosines"}),
+    params:
+        families=" ".join(f"--family {name}={','.join(dirs)}" for name, dirs in TV_FAMILIES.items()),
+    log:
+        f"{LOGS}/task_vectors/vector_stats.log",
+    benchmark:
+        f"{BENCH}/task_vectors/vector_stats.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        ENV
+    shell:
+        "detoxflow tv-stats --base {input.base} {params.families} --json {output.json} "
+        "--markdown {output.md} > {log} 2>&1"

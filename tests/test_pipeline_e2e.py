@@ -31,7 +31,7 @@ def test_dry_run_with_every_stage(tmp_path, shared_data):
     assert overlay["task_vectors"] == {"dataset": "davidson_toxic", "enabled": True}
     proc = run_snakemake(tmp_path, overlay, "-n", "--quiet", "rules")
     out = proc.stdout + proc.stderr
-    for rule in ("tv_finetune", "tv_merge", "aura_fold", "dinm_edit_model", "safeedit_score", "summarize"):
+    for rule in ("tv_finetune", "tv_merge", "tv_vector_stats", "aura_fold", "dinm_edit_model", "safeedit_score", "summarize"):
         assert rule in out, rule
 
 

@@ -65,6 +65,12 @@ def test_toxicity_matching_and_degradation(eval_dir):
     assert n5["ppl_increase_single"] == pytest.approx(1.0)
     assert n5["degradation_reduction"] == pytest.approx(0.6)
     assert rows["tv_merge_n2_l1.0"]["single_lambda"] == 0.4  # 0.21 is closest to 0.20
+    # interpolated: 0.16 lies 4/5 of the way from lambda 0.4 (0.20, 20.45) to 0.6 (0.15, 21.0)
+    assert n5["interpolated_single_lambda"] == pytest.approx(0.56)
+    assert n5["interpolated_single_perplexity"] == pytest.approx(20.45 + 0.8 * 0.55)
+    assert n5["interpolated_degradation_reduction"] == pytest.approx(1 - 0.4 / (0.45 + 0.44))
+    # 0.21 lies between lambda 0.2 (0.25, 20.2) and 0.4 (0.20, 20.45)
+    assert rows["tv_merge_n2_l1.0"]["interpolated_single_perplexity"] == pytest.approx(20.2 + 0.8 * 0.25)
     # another metric changes the match: toxicity_probability = tox / 2
     other = choose_lambda(eval_dir, _variants(), metric="toxicity_probability")
     assert {r["merged_model"]: r["single_lambda"] for r in other["matching"]}["tv_merge_n5_l1.0"] == 0.6
@@ -73,6 +79,7 @@ def test_toxicity_matching_and_degradation(eval_dir):
 def test_markdown_and_errors(eval_dir):
     result = choose_lambda(eval_dir, _variants())
     md = markdown(result)
+    assert "| tv_merge_n5_l1.0 | 20.4 | 0.56 | 20.89 | 55.1% |" in md
     assert "| tv_merge_n5_l1.0 | 0.16 | 20.4 | 0.6 | 0.15 | 21 | 0.4 / 1 | 60.0% |" in md
     assert "| single | 0.4 | tv_single_l0.4 | 20.45 | 0.2 |" in md
     with pytest.raises(DetoxflowError, match="metric must be one of"):
@@ -93,3 +100,12 @@ def test_cli_writes_json_markdown_and_plot(eval_dir, tmp_path):
     assert read_json(out / "c.json")["ilharco"]["single"]["lambda"] == 0.4
     assert (out / "c.md").read_text().startswith("# Choosing lambda")
     assert (out / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_interpolation_outside_the_sweep_is_none():
+    from detoxflow.methods.task_vectors.choose_lambda import interpolate_single
+
+    base = {"perplexity": 20.0, "mean_toxicity": 0.3}
+    singles = [{"lambda": 0.5, "perplexity": 21.0, "mean_toxicity": 0.2}]
+    assert interpolate_single(singles, base, "mean_toxicity", 0.1) is None
+    assert interpolate_single(singles, base, "mean_toxicity", 0.25) == pytest.approx((0.25, 20.5))

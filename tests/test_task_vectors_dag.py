@@ -42,7 +42,7 @@ def test_job_graph_for_several_n_ascent_and_accelerate(tmp_path, shared_data):
     assert jobs["tv_finetune"] == 2 + 3 + 1 + 1  # parts of N=2, N=3, the whole set, gradient ascent
     assert jobs["tv_split"] == 3  # N = 1 (whole set), 2, 3
     assert jobs["tv_merge"] == 4 and jobs["tv_single"] == 2 and jobs["tv_ascent"] == 1
-    assert jobs["tv_choose_lambda"] == 1
+    assert jobs["tv_choose_lambda"] == 1 and jobs["tv_vector_stats"] == 1
     # every variant is evaluated: base + 4 merged + 2 single + ascent
     assert jobs["perplexity"] == 8
     for name in ("tv_merge_n3_l0.5", "tv_merge_n2_l1.0", "tv_single_l0.25", "tv_ascent"):
@@ -121,6 +121,13 @@ def test_branch_end_to_end_on_tiny_gpt2(tmp_path, shared_data, tiny_gpt2_dir):
     assert choice["matching"][0]["single_model"] == "tv_single_l1.0"
     assert (res / "task_vectors/lambda_choice.md").read_text().startswith("# Choosing lambda")
     assert (res / "plots/task_vectors_lambda.png").stat().st_size > 0
+
+    # task-vector norms: the merged vector of N = 2 recomputed from the fine-tunes loaded above
+    stats = json.loads((res / "task_vectors/vector_stats.json").read_text())
+    merged_vec = torch.cat([((fts[0][k].double() + fts[1][k].double()) / 2 - p.double()).reshape(-1)
+                            for k, p in pre.items()])
+    assert stats["families"]["merge_n2"]["mean_norm"] == pytest.approx(float(merged_vec.norm()), rel=1e-6)
+    assert set(stats["families"]) == {"single", "merge_n2"}
 
     # cached: a second run has nothing to do
     proc = run_snakemake(tmp_path, overlay, "-n")

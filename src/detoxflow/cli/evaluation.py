@@ -110,6 +110,32 @@ def _summarize(args) -> None:
     log.info("summary of %d runs written to %s", len(df), args.csv)
 
 
+def _compare_toxicity(args) -> None:
+    from ..io import read_jsonl
+    from ..metrics.compare import paired_bootstrap
+
+    runs = []
+    for path in (args.a, args.b):
+        records = read_jsonl(path)
+        if not records or any("toxicity" not in r for r in records):
+            raise DetoxflowError(f"{path}: not a scored toxicity.jsonl (rows need `toxicity`)")
+        runs.append(records)
+    a, b = runs
+    if [r["prompt"] for r in a] != [r["prompt"] for r in b]:
+        raise DetoxflowError(f"{args.a} and {args.b} continue different prompts: a paired comparison needs the same")
+    result = paired_bootstrap([r["toxicity"] for r in a], [r["toxicity"] for r in b], threshold=args.threshold,
+                              resamples=args.resamples, confidence=args.confidence, seed=args.seed)
+    pct = round(args.confidence * 100)
+    lines = [f"A = {args.a}", f"B = {args.b}", "", f"| metric | A - B | {pct} % interval |", "|---|---|---|"]
+    lines += [f"| {m} | {r['difference']:+.4f} | [{r['low']:+.4f}, {r['high']:+.4f}] |" for m, r in result.items()]
+    print("\n".join(lines))
+    if args.json:
+        from ..io import write_json
+
+        write_json(args.json, {"a": str(args.a), "b": str(args.b), "confidence": args.confidence,
+                               "resamples": args.resamples, "metrics": result})
+
+
 def register(sub) -> None:
     p = sub.add_parser("generate", help="RealToxicityPrompts continuations of a model folder")
     p.add_argument("--model", required=True)
@@ -147,3 +173,14 @@ def register(sub) -> None:
     p.add_argument("--plot", required=True)
     p.add_argument("--samples", required=True)
     p.set_defaults(handler=_summarize)
+
+    p = sub.add_parser("compare-toxicity",
+                       help="paired bootstrap over prompts: toxicity of variant A minus variant B, with intervals")
+    p.add_argument("a", help="scored toxicity.jsonl of variant A (results/eval/<variant>/<prompting>/)")
+    p.add_argument("b", help="scored toxicity.jsonl of variant B, same prompts")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--resamples", type=int, default=2000)
+    p.add_argument("--confidence", type=float, default=0.95)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write the result here")
+    p.set_defaults(handler=_compare_toxicity)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from ..errors import DetoxflowError
 from . import json_arg
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,23 @@ def _choose_lambda(args) -> None:
                            metric=settings.get("metric", "mean_toxicity"))
     write_outputs(result, args.json, args.markdown)
     plot_lambda_sweep(result, args.plot)
+
+
+def _stats(args) -> None:
+    from ..io import atomic_path, write_json
+    from ..methods.task_vectors.stats import stats_markdown, task_vector_stats
+
+    families = {}
+    for spec in args.family:
+        name, sep, folders = spec.partition("=")
+        if not sep or not name or not folders:
+            raise DetoxflowError(f"--family '{spec}': expected NAME=FOLDER[,FOLDER...]")
+        families[name] = folders.split(",")
+    stats = task_vector_stats(args.base, families)
+    write_json(args.json, stats)
+    with atomic_path(args.markdown) as tmp:
+        tmp.write_text(stats_markdown(stats))
+    log.info("task-vector stats over %d tensors written to %s", stats["tensors"], args.json)
 
 
 def _nullable_int(text: str):
@@ -111,4 +129,12 @@ def register(sub) -> None:
     p.add_argument("--markdown", required=True)
     p.add_argument("--plot", required=True)
     p.set_defaults(handler=_choose_lambda)
+
+    p = sub.add_parser("tv-stats", help="task vectors: norms of the (mean) task vectors and cosines between families")
+    p.add_argument("--base", required=True)
+    p.add_argument("--family", action="append", required=True,
+                   help="NAME=FOLDER[,FOLDER...]: fine-tuned folders whose task vectors are averaged (repeatable)")
+    p.add_argument("--json", required=True)
+    p.add_argument("--markdown", required=True)
+    p.set_defaults(handler=_stats)
 

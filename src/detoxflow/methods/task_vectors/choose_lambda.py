@@ -11,6 +11,11 @@ Two rules, both reported:
   the paper compares the perplexity increase over the base; the share of the
   baseline's increase that merging avoids is reported as
   ``degradation_reduction`` = 1 - increase_merged / increase_single.
+  A coarse lambda sweep rarely holds a close match, so the single-model curve
+  (base = lambda 0, then each lambda) is also interpolated linearly at the
+  merged model's toxicity: ``interpolated_single_lambda``,
+  ``interpolated_single_perplexity`` and ``interpolated_degradation_reduction``
+  (None when no two neighbouring lambdas bracket that toxicity).
 
 Inputs are the evaluation's JSON files: ``<eval_dir>/<model>/perplexity.json``
 (key ``perplexity``) and ``<eval_dir>/<model>/plain/toxicity.json``.
@@ -71,6 +76,20 @@ def ilharco(points: list[dict], base: dict, margin: float, metric: str) -> dict:
     return out
 
 
+def interpolate_single(singles: list[dict], base: dict, metric: str, target: float) -> tuple[float, float] | None:
+    """(lambda, perplexity) where the single-model curve reaches ``target`` toxicity, linearly between lambdas."""
+    curve = [{"lambda": 0.0, metric: base.get(metric), "perplexity": base["perplexity"]}] + sorted(
+        singles, key=lambda p: p["lambda"])
+    curve = [p for p in curve if p.get(metric) is not None]
+    for a, b in zip(curve, curve[1:]):
+        ta, tb = a[metric], b[metric]
+        if ta != tb and min(ta, tb) <= target <= max(ta, tb):
+            frac = (target - ta) / (tb - ta)
+            return (a["lambda"] + frac * (b["lambda"] - a["lambda"]),
+                    a["perplexity"] + frac * (b["perplexity"] - a["perplexity"]))
+    return None
+
+
 def match_toxicity(points: list[dict], base: dict, metric: str) -> list[dict]:
     """For each merged model, the single-model lambda with the closest toxicity."""
     singles = [p for p in points if p["family"] == "single" and p.get(metric) is not None]
@@ -89,6 +108,13 @@ def match_toxicity(points: list[dict], base: dict, metric: str) -> list[dict]:
                 "single_perplexity": s["perplexity"], "toxicity_gap": abs(s[metric] - m[metric]),
                 "ppl_increase_merged": inc_m, "ppl_increase_single": inc_s,
                 "degradation_reduction": (1 - inc_m / inc_s) if inc_s > 0 else None,
+            })
+            interp = interpolate_single(singles, base, metric, m[metric])
+            inc_i = None if interp is None else interp[1] - base["perplexity"]
+            row.update({
+                "interpolated_single_lambda": None if interp is None else interp[0],
+                "interpolated_single_perplexity": None if interp is None else interp[1],
+                "interpolated_degradation_reduction": (1 - inc_m / inc_i) if inc_i and inc_i > 0 else None,
             })
         rows.append(row)
     return rows
@@ -132,6 +158,16 @@ def markdown(result: dict) -> str:
             f"{'-' if dr is None else f'{100 * dr:.1f}%'} |")
     if not result["matching"]:
         lines.append("| (no merged model evaluated) | | | | | | | |")
+    else:
+        lines += ["", f"Single-model curve interpolated linearly at the merged model's {metric} "
+                  "(base = lambda 0; closer than the nearest evaluated lambda when the sweep is coarse):", "",
+                  "| merged model | merged ppl | interpolated single lambda | interpolated single ppl | degradation avoided |",
+                  "|---|---|---|---|---|"]
+        for r in result["matching"]:
+            dr = r.get("interpolated_degradation_reduction")
+            lines.append(f"| {r['merged_model']} | {_fmt(r['merged_perplexity'])} | "
+                         f"{_fmt(r.get('interpolated_single_lambda'))} | {_fmt(r.get('interpolated_single_perplexity'))} | "
+                         f"{'-' if dr is None else f'{100 * dr:.1f}%'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -46,6 +46,19 @@ def finetuned_dirs(root: str, objective: str, n) -> list[str]:
     return [f"{root}/finetuned/{objective}_n{n}_part{i}" for i in range(int(n))]
 
 
+def stats_families(tv: dict, root: str) -> dict[str, list[str]]:
+    """Task-vector families compared by ``tv-stats``: the single model, each merge, the ascent model."""
+    families = {}
+    if tv["single_lambdas"]:
+        families["single"] = finetuned_dirs(root, "descent", 1)
+    for n in n_splits(tv):
+        if tv["merge_lambdas"]:
+            families[f"merge_n{n}"] = finetuned_dirs(root, "descent", n)
+    if tv["gradient_ascent"]:
+        families["ascent"] = finetuned_dirs(root, "ascent", 1)
+    return families
+
+
 def training_settings(finetune: dict) -> dict:
     return {k: v for k, v in finetune.items() if k not in LAUNCH_KEYS}
 
