@@ -51,3 +51,9 @@ def test_missing_perplexity_is_named(tmp_path):
     _fake_run(tmp_path, "base", "plain", 0.4, 20.0, {"method": "base", "params": {}})
     with pytest.raises(DetoxflowError, match="no perplexity result for model 'base'"):
         build_table([str(tmp_path / "base/plain/toxicity.json")], [])
+
+
+def test_markdown_prints_counts_as_integers():
+    df = pd.DataFrame({"variant": ["a", "b"], "n_dampened": [38174.0, float("nan")], "perplexity": [18.7399, 12345.678]})
+    rows = to_markdown(df).splitlines()[2:]
+    assert rows == ["| a | 38174 | 18.7399 |", "| b |  | 1.235e+04 |"]

@@ -79,6 +79,8 @@ def to_markdown(df: pd.DataFrame, digits: int = 4) -> str:
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return ""
         if isinstance(v, float):
+            if v.is_integer():  # counts in a column that also holds blanks (pandas makes it float)
+                return str(int(v))
             return f"{v:.{digits}g}" if abs(v) >= 1000 else f"{v:.{digits}f}".rstrip("0").rstrip(".")
         return str(v)
 
