@@ -48,6 +48,26 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_atomic_path_widens_owner_only_files_to_the_umask(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "model") as tmp:
+            tmp.mkdir()
+            (tmp / "model.safetensors").write_bytes(b"x")
+            os.chmod(tmp / "model.safetensors", 0o600)  # as safetensors leaves it
+        with atomic_path(tmp_path / "file.json") as tmp:
+            tmp.write_text("{}")
+            os.chmod(tmp, 0o600)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "model" / "model.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "file.json").stat().st_mode) == 0o644
+
+
 def test_offline_hub_id_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DetoxflowError, match="neither a local folder nor reachable on the Hugging Face hub"):

@@ -22,7 +22,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
 
     Works for files and folders. On an exception the temporary is removed and
-    ``path`` is left untouched.
+    ``path`` is left untouched. Permissions are widened to what the umask
+    allows, since some writers (safetensors) create files readable by the
+    owner only, which breaks sharing results on a cluster file system.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -31,6 +33,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp.rmdir()
     try:
         yield tmp
+        _apply_umask(tmp)
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -39,6 +42,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def _apply_umask(path: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    paths = [path] + (list(path.rglob("*")) if path.is_dir() and not path.is_symlink() else [])
+    for p in paths:
+        if p.is_symlink() or not p.exists():
+            continue
+        mode = p.stat().st_mode
+        os.chmod(p, mode | ((0o777 if p.is_dir() else 0o666) & ~umask))
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
