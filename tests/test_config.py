@@ -50,6 +50,17 @@ def test_layered_files_merge_deeply(tmp_path):
         load_config([tmp_path / "nope.yaml"], SCHEMAS)
 
 
+def test_command_line_strings_become_the_types_the_schema_wants():
+    # what Snakemake's --config evaluation='{generation: {k: 7, do_sample: false, top_p: 0.8}}' delivers
+    cfg = validate_config({"evaluation": {"generation": {"k": "7", "do_sample": "false", "top_p": "0.8"}},
+                           "model": {"device": "cpu"}}, SCHEMAS)
+    assert cfg["evaluation"]["generation"]["k"] == 7
+    assert cfg["evaluation"]["generation"]["do_sample"] is False
+    assert cfg["evaluation"]["generation"]["top_p"] == 0.8
+    with pytest.raises(DetoxflowError, match=r"evaluation\.generation\.k: '7\.5' is not of type 'integer'"):
+        validate_config({"evaluation": {"generation": {"k": "7.5"}}}, SCHEMAS)
+
+
 def test_overlay_drops_a_default_preprompt_with_null(tmp_path):
     base = yaml.safe_load((REPO / "config.yaml").read_text())["evaluation"]["preprompts"]
     assert set(base) == {"polite", "adversarial"}
@@ -72,3 +83,17 @@ def test_snakemake_refuses_a_bad_config(tmp_path):
     assert proc.returncode != 0
     assert "evaluation.generation.top_p: 2 is greater than the maximum of 1" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_snakemake_accepts_nested_command_line_config(tmp_path, shared_data):
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+         "-n", "--cores", "1", "--config", f"data_root={shared_data}",
+         "evaluation={generation: {k: 2, top_p: 0.8, do_sample: false}}", "aura={enabled: false}",
+         "dinm={enabled: false}", "safeedit={enabled: false}", "--printshellcmds"],
+        capture_output=True, text=True,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert '"do_sample": false' in out and '"k": 2' in out and '"top_p": 0.8' in out
+    assert "aura_fold" not in out

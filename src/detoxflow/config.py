@@ -64,6 +64,7 @@ def validate_config(config: dict[str, Any], schema_dir: str | Path) -> dict[str,
     Raises :class:`DetoxflowError` naming every offending key.
     """
     schema = load_schema(schema_dir)
+    _coerce_command_line_strings(config, schema)
     errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         lines = []
@@ -88,6 +89,36 @@ def _drop_nulled_preprompts(config: dict[str, Any]) -> None:
     if isinstance(preprompts, dict):
         for name in [k for k, v in preprompts.items() if v is None]:
             del preprompts[name]
+
+
+def _coerce_command_line_strings(config: dict[str, Any], schema: dict, rounds: int = 5) -> None:
+    """Turn "0.5", "false", "3" into numbers / booleans where the schema wants those.
+
+    Snakemake parses nested ``--config key='{a: 0.5}'`` values with YAML's base
+    loader, which keeps every scalar a string; without this, such an override
+    could only fail validation. A string the schema accepts is left alone.
+    """
+    validator = _Validator(schema)
+    for _ in range(rounds):
+        changed = False
+        for err in validator.iter_errors(config):
+            if err.validator != "type" or not isinstance(err.instance, str) or not err.absolute_path:
+                continue
+            try:
+                value = yaml.safe_load(err.instance)
+            except yaml.YAMLError:
+                continue
+            wanted = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
+            if isinstance(value, str) or not any(validator.is_type(value, t) for t in wanted):
+                continue
+            *parents, last = err.absolute_path
+            holder = config
+            for key in parents:
+                holder = holder[key]
+            holder[last] = value
+            changed = True
+        if not changed:
+            return
 
 
 def load_config(paths: list[str | Path], schema_dir: str | Path) -> dict[str, Any]:
