@@ -20,7 +20,7 @@ rule generate_continuations:
         f"{LOGS}/eval/{{model}}/{{prompting}}/generate.log",
     benchmark:
         f"{BENCH}/eval/{{model}}/{{prompting}}/generate.tsv"
-    threads: 2
+    threads: EVAL["threads"]
     resources:
         gpu=1,
         mem_mb=16000,
@@ -69,7 +69,7 @@ rule perplexity:
         f"{LOGS}/eval/{{model}}/perplexity.log",
     benchmark:
         f"{BENCH}/eval/{{model}}/perplexity.tsv"
-    threads: 2
+    threads: EVAL["threads"]
     resources:
         gpu=1,
         mem_mb=16000,

@@ -68,7 +68,7 @@ if SAFEEDIT_NEEDED:
             f"{LOGS}/eval/{{model}}/safeedit_generate.log",
         benchmark:
             f"{BENCH}/eval/{{model}}/safeedit_generate.tsv"
-        threads: 2
+        threads: EVAL["threads"]
         resources:
             gpu=1,
             mem_mb=16000,
