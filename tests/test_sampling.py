@@ -8,6 +8,7 @@ from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
 from detoxflow.generation import generate_continuations
 from detoxflow.models import load_model, load_tokenizer
+from detoxflow.runtime import seed_everything
 from detoxflow.sampling import NucleusFilter
 
 
@@ -44,11 +45,8 @@ def test_sampled_continuations_equal_transformers_top_p(tiny_gpt2_dir):
     prompts = ["Hello there", "The weather in London is"]
     ours = generate_continuations(model, tok, prompts, max_new_tokens=8, do_sample=True, top_p=0.8,
                                   temperature=0.7, num_return_sequences=3, batch_size=6, seed=5)
-    torch.manual_seed(5)
     tok.padding_side = "left"
     enc = tok(prompts, return_tensors="pt", padding=True)
-    from detoxflow.runtime import seed_everything
-
     seed_everything(5)
     out = model.generate(**enc, max_new_tokens=8, do_sample=True, top_p=0.8, temperature=0.7, top_k=0,
                          num_return_sequences=3, pad_token_id=tok.pad_token_id)
