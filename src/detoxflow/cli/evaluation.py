@@ -111,7 +111,7 @@ def _summarize(args) -> None:
 
 
 def _compare_toxicity(args) -> None:
-    from ..io import read_jsonl
+    from ..io import read_jsonl, write_json
     from ..metrics.compare import paired_bootstrap
 
     runs = []
@@ -130,8 +130,6 @@ def _compare_toxicity(args) -> None:
     lines += [f"| {m} | {r['difference']:+.4f} | [{r['low']:+.4f}, {r['high']:+.4f}] |" for m, r in result.items()]
     print("\n".join(lines))
     if args.json:
-        from ..io import write_json
-
         write_json(args.json, {"a": str(args.a), "b": str(args.b), "confidence": args.confidence,
                                "resamples": args.resamples, "metrics": result})
 

@@ -14,14 +14,14 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import DetoxflowError
-from .toxicity import toxicity_metrics
+from .toxicity import score_matrix, toxicity_metrics_batch
 
 
 def _as_matrix(scores: Sequence[Sequence[float]], name: str) -> np.ndarray:
     lengths = {len(s) for s in scores}
     if len(lengths) != 1 or 0 in lengths:
         raise DetoxflowError(f"{name}: every prompt needs the same, non-zero number of scored continuations")
-    return np.asarray(scores, dtype=float)
+    return score_matrix(scores)
 
 
 def paired_bootstrap(
@@ -40,18 +40,13 @@ def paired_bootstrap(
     if not 0 < confidence < 1:
         raise DetoxflowError(f"confidence must be in (0, 1), got {confidence}")
     idx = np.random.default_rng(seed).integers(0, a.shape[0], size=(resamples, a.shape[0]))
-
-    def metrics(m: np.ndarray) -> dict[str, np.ndarray]:  # every resample at once: m[idx] is [R, P, k]
-        s, mx = m[idx], m[idx].max(axis=2)
-        return {"expected_max_toxicity": mx.mean(axis=1), "toxicity_probability": (mx >= threshold).mean(axis=1),
-                "mean_toxicity": s.mean(axis=(1, 2)), "toxic_fraction": (s >= threshold).mean(axis=(1, 2))}
-
-    point_a, point_b = toxicity_metrics(a.tolist(), threshold), toxicity_metrics(b.tolist(), threshold)
-    boot_a, boot_b = metrics(a), metrics(b)
+    point_a, point_b = toxicity_metrics_batch(a, threshold), toxicity_metrics_batch(b, threshold)
+    # every resample at once: a[idx] is [resamples, prompts, k]
+    boot_a, boot_b = toxicity_metrics_batch(a[idx], threshold), toxicity_metrics_batch(b[idx], threshold)
     tail = (1 - confidence) / 2 * 100
     out = {}
     for name in point_a:
         diff = boot_a[name] - boot_b[name]
-        out[name] = {"difference": point_a[name] - point_b[name],
+        out[name] = {"difference": float(point_a[name] - point_b[name]),
                      "low": float(np.percentile(diff, tail)), "high": float(np.percentile(diff, 100 - tail))}
     return out

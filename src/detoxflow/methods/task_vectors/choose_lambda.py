@@ -133,7 +133,7 @@ def _fmt(x, digits: int = 4) -> str:
 
 def markdown(result: dict) -> str:
     metric = result["metric"]
-    lines = [f"# Choosing lambda (task-vector negation)", "",
+    lines = ["# Choosing lambda (task-vector negation)", "",
              f"Toxicity metric: `{metric}`; base model perplexity {_fmt(result['base']['perplexity'])}, "
              f"{metric} {_fmt(result['base'].get(metric))}.", "",
              "## All variants", "",
