@@ -28,8 +28,8 @@ from common import machine, smollm2_dir  # noqa: E402
 from detoxflow.data.safeedit_standin import build_standin  # noqa: E402
 from detoxflow.methods.dinm import DinmEditor, DinmSettings  # noqa: E402
 from detoxflow.models import load_model, load_tokenizer  # noqa: E402
-from detoxflow.safety.evaluate import build_requests, fill_responses  # noqa: E402
-from detoxflow.safety.protocol import run_per_instance  # noqa: E402
+from detoxflow.evaluation.safeedit.responses import build_requests, fill_responses  # noqa: E402
+from detoxflow.methods.dinm.protocol import run_per_instance  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

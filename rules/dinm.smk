@@ -96,6 +96,6 @@ if DINM["enabled"]:
         conda:
             ENV
         shell:
-            "detoxflow dinm-report --generations {input.generations} --edits {input.edits} "
+            "detoxflow dinm-per-instance-report --generations {input.generations} --edits {input.edits} "
             "--judge {params.judge:q} --cache {input.cache} --scored {output.scored} --json {output.json} "
             "--markdown {output.md} > {log} 2>&1"

@@ -5,14 +5,14 @@
 #          -> tv_finetune (one job per part, resumable) -> tv_merge / tv_single / tv_ascent
 #          -> evaluation -> tv_choose_lambda (Ilharco's rule, toxicity matching, plot)
 
-from detoxflow.methods.task_vectors import dag as tv_dag
+from detoxflow.methods.task_vectors import variants as tv_variants
 
 TV = config["task_vectors"]
 TV_FT = TV["finetune"]
 TV_DIR = f"{RESULTS}/task_vectors"
-TV_VARIANTS = tv_dag.variants(TV)
+TV_VARIANTS = tv_variants.variants(TV)
 
-TV_FAMILIES = tv_dag.stats_families(TV, TV_DIR)
+TV_FAMILIES = tv_variants.stats_families(TV, TV_DIR)
 TV_STATS = {"json": f"{TV_DIR}/vector_stats.json", "md": f"{TV_DIR}/vector_stats.md"}
 
 TV_CHOICE = {
@@ -23,7 +23,7 @@ TV_CHOICE = {
 
 if TV["enabled"]:
     recipe_path(TV["dataset"])  # fails early, naming the missing recipe
-    MODEL_VARIANTS.extend(m for m in tv_dag.model_variants(TV) if m not in MODEL_VARIANTS)
+    MODEL_VARIANTS.extend(m for m in tv_variants.model_variants(TV) if m not in MODEL_VARIANTS)
     EXTRA_TARGETS.extend(TV_CHOICE.values())
     if TV_FAMILIES:
         EXTRA_TARGETS.extend(TV_STATS.values())
@@ -86,9 +86,9 @@ rule tv_finetune:
         n="[0-9]+",
         part="[0-9]+",
     params:
-        settings=as_json(tv_dag.training_settings(TV_FT)),
+        settings=as_json(tv_variants.training_settings(TV_FT)),
         state=lambda w: f"{TV_DIR}/state/{w.objective}_n{w.n}_part{w.part}",
-        launcher=tv_dag.launcher(TV_FT),
+        launcher=tv_variants.launcher(TV_FT),
         device=config["model"]["device"],
         trust="--trust-remote-code" if config["model"]["trust_remote_code"] else "",
     log:
@@ -111,7 +111,7 @@ rule tv_finetune:
 rule tv_merge:
     input:
         base=f"{MODELS}/base",
-        finetuned=lambda w: tv_dag.finetuned_dirs(TV_DIR, "descent", w.n),
+        finetuned=lambda w: tv_variants.finetuned_dirs(TV_DIR, "descent", w.n),
     output:
         directory(f"{MODELS}/tv_merge_n{{n}}_l{{lam}}"),
     wildcard_constraints:
@@ -136,7 +136,7 @@ rule tv_merge:
 rule tv_single:
     input:
         base=f"{MODELS}/base",
-        finetuned=tv_dag.finetuned_dirs(TV_DIR, "descent", 1),
+        finetuned=tv_variants.finetuned_dirs(TV_DIR, "descent", 1),
     output:
         directory(f"{MODELS}/tv_single_l{{lam}}"),
     wildcard_constraints:
@@ -160,7 +160,7 @@ rule tv_single:
 rule tv_ascent:
     input:
         base=f"{MODELS}/base",
-        finetuned=tv_dag.finetuned_dirs(TV_DIR, "ascent", 1),
+        finetuned=tv_variants.finetuned_dirs(TV_DIR, "ascent", 1),
     output:
         directory(f"{MODELS}/tv_ascent"),
     params:
@@ -224,5 +224,5 @@ rule tv_vector_stats:
     conda:
         ENV
     shell:
-        "detoxflow tv-stats --base {input.base} {params.families} --json {output.json} "
+        "detoxflow tv-vector-stats --base {input.base} {params.families} --json {output.json} "
         "--markdown {output.md} > {log} 2>&1"

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from detoxflow.errors import DetoxflowError
-from detoxflow.metrics.compare import paired_bootstrap
-from detoxflow.metrics.toxicity import toxicity_metrics
+from detoxflow.evaluation.metrics.compare import paired_bootstrap
+from detoxflow.evaluation.metrics.toxicity import toxicity_metrics
 
 
 def _scores(seed, shift=0.0, prompts=60, k=4):

@@ -48,7 +48,7 @@ def test_dinm_and_safeedit_dag_on_tiny_gpt2(tmp_path, shared_data, tiny_gpt2_dir
     # the base row recomputed from the responses with the judge rules applied by hand
     from profanity_check import predict_prob
 
-    from detoxflow.safety.judges import is_refusal
+    from detoxflow.evaluation.safeedit.judges import is_refusal
 
     gens = [json.loads(line) for line in (res / "eval/base/safeedit_generations.jsonl").read_text().splitlines()]
     assert len(gens) == 10

@@ -19,7 +19,7 @@ from detoxflow.methods.dinm import (
 )
 from detoxflow.methods.dinm.inputs import IGNORE, EditInputs
 from detoxflow.methods.dinm.locate import layer_states, response_means
-from detoxflow.methods.dinm.parts import decoder_layers, mlp_out_param_names
+from detoxflow.methods.dinm.layers import decoder_layers, mlp_out_param_names
 from detoxflow.models import load_model, load_tokenizer
 
 
@@ -265,7 +265,7 @@ def test_chat_template_inputs_skip_special_tokens():
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 def test_upper_stack_reproduces_full_forward_and_edit(kind, tiny_gpt2_dir, tiny_llama_dir):
-    from detoxflow.methods.dinm.upper import UpperStack
+    from detoxflow.methods.dinm.upper_stack import UpperStack
 
     folder = tiny_gpt2_dir if kind == "gpt2" else tiny_llama_dir
     model, tok = load_model(folder, device="cpu"), load_tokenizer(folder)
@@ -289,7 +289,7 @@ def test_upper_stack_reproduces_full_forward_and_edit(kind, tiny_gpt2_dir, tiny_
 
 
 def test_upper_stack_falls_back_when_it_cannot_reproduce(tiny_llama_dir, monkeypatch, caplog):
-    import detoxflow.methods.dinm.upper as upper
+    import detoxflow.methods.dinm.upper_stack as upper
 
     model, tok = load_model(tiny_llama_dir, device="cpu"), load_tokenizer(tiny_llama_dir)
     model.model.not_the_norm = torch.nn.Identity()

@@ -11,8 +11,8 @@ import torch
 from detoxflow.cli import main
 from detoxflow.data.safeedit_standin import build_standin
 from detoxflow.models import load_model, load_tokenizer
-from detoxflow.safety.evaluate import build_requests, fill_responses, score_rows
-from detoxflow.safety.protocol import per_instance_report, report_markdown, run_per_instance
+from detoxflow.evaluation.safeedit.responses import build_requests, fill_responses, score_rows
+from detoxflow.methods.dinm.protocol import per_instance_report, report_markdown, run_per_instance
 
 EVAL = {"prompt": {"suffix": "Answer:", "chat_template": False}, "generation": {"max_new_tokens": 3, "batch_size": 4}}
 DINM = {"lr": 1e-2, "steps": 2}

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from detoxflow.errors import DetoxflowError
-from detoxflow.metrics.diversity import distinct_n
-from detoxflow.metrics.perplexity import perplexity, sliding_window_nll
-from detoxflow.metrics.toxicity import toxicity_metrics
+from detoxflow.evaluation.metrics.diversity import distinct_n
+from detoxflow.evaluation.metrics.perplexity import perplexity, sliding_window_nll
+from detoxflow.evaluation.metrics.toxicity import toxicity_metrics
 from detoxflow.models import load_model, load_tokenizer
 
 

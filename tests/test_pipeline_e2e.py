@@ -64,7 +64,7 @@ def test_full_run_on_tiny_gpt2(tmp_path, shared_data, tiny_gpt2_dir):
     assert base["mean_toxicity"] == pytest.approx(sum(map(sum, scores)) / 12)
 
     # perplexity recomputed in-process on the same text
-    from detoxflow.metrics.perplexity import perplexity
+    from detoxflow.evaluation.metrics.perplexity import perplexity
     from detoxflow.models import load_model, load_tokenizer
 
     text = "\n".join(json.loads(line)["text"] for line in (res / "data/wikitext.jsonl").read_text().splitlines())

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from detoxflow.errors import DetoxflowError
-from detoxflow.safety.evaluate import score_rows, verdict_cache
-from detoxflow.safety.judges import ClassifierJudge, Judge, OfflineJudge, is_refusal, judge_with_cache, make_judge
-from detoxflow.safety.metrics import fluency, mean_fluency, ngram_entropy, safeedit_metrics, word_tokens
+from detoxflow.evaluation.safeedit.responses import score_rows, verdict_cache
+from detoxflow.evaluation.safeedit.judges import ClassifierJudge, Judge, OfflineJudge, is_refusal, judge_with_cache, make_judge
+from detoxflow.evaluation.safeedit.metrics import fluency, mean_fluency, ngram_entropy, safeedit_metrics, word_tokens
 
 
 def test_word_tokens():

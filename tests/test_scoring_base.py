@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from detoxflow.errors import DetoxflowError
-from detoxflow.scoring import SCORERS, Scorer, build_scorer, scorer_class
+from detoxflow.evaluation.scoring import SCORERS, Scorer, build_scorer, scorer_class
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,7 +81,7 @@ def test_batch_size_must_be_positive():
 
 def test_import_is_light():
     """Importing the package (what the CLI does at start-up) must not load torch."""
-    code = "import sys, detoxflow.scoring; print('torch' in sys.modules)"
+    code = "import sys, detoxflow.evaluation.scoring; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

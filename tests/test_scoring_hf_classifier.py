@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from detoxflow.errors import DetoxflowError
-from detoxflow.scoring import build_scorer
+from detoxflow.evaluation.scoring import build_scorer
 
 WORDS = "[PAD] [UNK] [CLS] [SEP] [MASK] you are a an nice stupid idiot hello world the good bad , . !".split()
 TEXTS = ["you are an idiot !", "", "hello world", "the good , the bad", "stupid " * 40, "nice", "a an the"] * 2

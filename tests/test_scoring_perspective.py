@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from detoxflow.errors import DetoxflowError
-from detoxflow.scoring import build_scorer
-from detoxflow.scoring.perspective import RateLimiter
+from detoxflow.evaluation.scoring import build_scorer
+from detoxflow.evaluation.scoring.perspective import RateLimiter
 
 KEY = "AIzaSy-TEST-k3y-0123456789abcdef"
 

@@ -7,7 +7,7 @@ import pytest
 
 from detoxflow.errors import DetoxflowError
 from detoxflow.io import write_json, write_jsonl
-from detoxflow.summary import build_table, to_markdown, write_summary
+from detoxflow.evaluation.summary import build_table, to_markdown, write_summary
 
 
 def _fake_run(root, model, prompting, emt, ppl, meta):

@@ -53,15 +53,15 @@ def test_job_graph_for_several_n_ascent_and_accelerate(tmp_path, shared_data):
 
 
 def test_variant_names():
-    from detoxflow.methods.task_vectors import dag
+    from detoxflow.methods.task_vectors import variants as tv_variants
 
     tv = {"n_splits": [5, 2], "merge_lambdas": [1, 1.0, 0.5], "single_lambdas": [0.05], "gradient_ascent": False}
-    assert dag.model_variants(tv) == ["tv_single_l0.05", "tv_merge_n5_l1.0", "tv_merge_n5_l0.5",
+    assert tv_variants.model_variants(tv) == ["tv_single_l0.05", "tv_merge_n5_l1.0", "tv_merge_n5_l0.5",
                                       "tv_merge_n2_l1.0", "tv_merge_n2_l0.5"]
-    assert dag.variants(tv)[0]["family"] == "base"
-    assert dag.launcher({"accelerate": {"enabled": True, "num_processes": 4, "config_file": "ds.yaml"}}) == \
+    assert tv_variants.variants(tv)[0]["family"] == "base"
+    assert tv_variants.launcher({"accelerate": {"enabled": True, "num_processes": 4, "config_file": "ds.yaml"}}) == \
         "accelerate launch --config_file ds.yaml --num_processes 4 -m detoxflow"
-    assert dag.training_settings({"lr": 1.0, "threads": 2, "accelerate": {}}) == {"lr": 1.0}
+    assert tv_variants.training_settings({"lr": 1.0, "threads": 2, "accelerate": {}}) == {"lr": 1.0}
 
 
 def test_missing_recipe_is_reported(tmp_path, shared_data):

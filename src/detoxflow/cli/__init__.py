@@ -15,7 +15,7 @@ import sys
 
 from ..errors import DetoxflowError
 
-COMMAND_MODULES = ("base", "evaluation", "task_vectors", "aura", "dinm")
+COMMAND_MODULES = ("base", "evaluation", "safeedit", "task_vectors", "aura", "dinm")
 
 
 def expose_cli_beside_interpreter() -> None:
@@ -40,6 +40,22 @@ def json_arg(text: str):
     except json.JSONDecodeError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
     return value
+
+
+def add_runtime_args(p, *, device: bool = True) -> None:
+    """The model runtime options every command that loads a model takes (config ``model:``)."""
+    p.add_argument("--dtype", default="float32", help="auto | float32 | bfloat16 | float16")
+    if device:
+        p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub to run")
+
+
+def load_model_and_tokenizer(args, **tokenizer_kwargs):
+    """The model folder ``args.model`` loaded with the runtime options of :func:`add_runtime_args`."""
+    from ..models import load_model, load_tokenizer
+
+    model = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    return model, load_tokenizer(args.model, **tokenizer_kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:

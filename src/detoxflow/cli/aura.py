@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from . import json_arg
+from . import add_runtime_args, json_arg
 
 
-def _runtime(p, *, device: bool = True) -> None:
-    p.add_argument("--dtype", default="float32", help="auto | float32 | bfloat16 | float16")
-    if device:
-        p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--trust-remote-code", action="store_true")
 
 
 def register(sub) -> None:
@@ -22,7 +17,7 @@ def register(sub) -> None:
                         "pool_special_tokens")
     p.add_argument("--out", required=True, help="responses .safetensors file")
     p.add_argument("--sentences", default=None, help="optional JSONL of the sampled sentences and labels")
-    _runtime(p)
+    add_runtime_args(p)
     p.set_defaults(handler=_responses)
 
     p = sub.add_parser("aura-expertise", help="AUROC of every recorded unit (toxic = positive)")
@@ -36,7 +31,7 @@ def register(sub) -> None:
     p.add_argument("--variant", type=json_arg, required=True,
                    help='JSON: {"name", "method": aura|det0|damp, "strength", "k", "alpha"}')
     p.add_argument("--out", required=True, help="output model folder")
-    _runtime(p, device=False)
+    add_runtime_args(p, device=False)
     p.set_defaults(handler=_fold)
 
     p = sub.add_parser("aura-plots", help="per-layer AUROC / alpha / dampened-unit plots and stats")

@@ -9,15 +9,11 @@ import logging
 from pathlib import Path
 
 from ..errors import DetoxflowError
-from . import json_arg
+from . import add_runtime_args, json_arg
 
 log = logging.getLogger(__name__)
 
 
-def _add_runtime(p) -> None:
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--trust-remote-code", action="store_true")
 
 
 def _generate(args) -> None:
@@ -48,9 +44,9 @@ def _generate(args) -> None:
 
 def _score_toxicity(args) -> None:
     from ..io import read_jsonl, write_json, write_jsonl
-    from ..metrics.diversity import distinct_n
-    from ..metrics.toxicity import toxicity_metrics
-    from ..scoring import build_scorer
+    from ..evaluation.metrics.diversity import distinct_n
+    from ..evaluation.metrics.toxicity import toxicity_metrics
+    from ..evaluation.scoring import build_scorer
 
     s = args.settings
     records = read_jsonl(args.generations)
@@ -87,7 +83,7 @@ def _score_toxicity(args) -> None:
 
 def _perplexity(args) -> None:
     from ..io import read_jsonl, write_json
-    from ..metrics.perplexity import perplexity
+    from ..evaluation.metrics.perplexity import perplexity
     from ..models import load_model, load_tokenizer, read_metadata
 
     s = args.settings
@@ -102,7 +98,7 @@ def _perplexity(args) -> None:
 
 
 def _summarize(args) -> None:
-    from ..summary import write_summary
+    from ..evaluation.summary import write_summary
 
     df = write_summary(args.toxicity, args.perplexity, args.extra or [], args.scored,
                        csv=args.csv, markdown=args.markdown, plot=args.plot, samples=args.samples,
@@ -112,7 +108,7 @@ def _summarize(args) -> None:
 
 def _compare_toxicity(args) -> None:
     from ..io import read_jsonl, write_json
-    from ..metrics.compare import paired_bootstrap
+    from ..evaluation.metrics.compare import paired_bootstrap
 
     runs = []
     for path in (args.a, args.b):
@@ -141,7 +137,7 @@ def register(sub) -> None:
     p.add_argument("--settings", required=True, type=json_arg,
                    help="JSON: k, max_new_tokens, top_p, temperature, do_sample, seed, preprompt")
     p.add_argument("--batch-size", type=int, default=32)
-    _add_runtime(p)
+    add_runtime_args(p)
     p.add_argument("--out", required=True)
     p.set_defaults(handler=_generate)
 
@@ -156,7 +152,7 @@ def register(sub) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--text", required=True, help="JSONL rows with `text`, joined by newlines")
     p.add_argument("--settings", required=True, type=json_arg, help="JSON: window, stride, max_tokens")
-    _add_runtime(p)
+    add_runtime_args(p)
     p.add_argument("--out", required=True)
     p.set_defaults(handler=_perplexity)
 

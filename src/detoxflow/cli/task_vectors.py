@@ -130,7 +130,7 @@ def register(sub) -> None:
     p.add_argument("--plot", required=True)
     p.set_defaults(handler=_choose_lambda)
 
-    p = sub.add_parser("tv-stats", help="task vectors: norms of the (mean) task vectors and cosines between families")
+    p = sub.add_parser("tv-vector-stats", help="task vectors: norms of the (mean) task vectors and cosines between families")
     p.add_argument("--base", required=True)
     p.add_argument("--family", action="append", required=True,
                    help="NAME=FOLDER[,FOLDER...]: fine-tuned folders whose task vectors are averaged (repeatable)")

@@ -31,8 +31,8 @@ from ...data.safeedit import DINM_SUFFIX
 from ...errors import DetoxflowError
 from .inputs import IGNORE, EditInputs, Encoded, encode_pair, instance_inputs
 from .locate import LOCATE_MODES, Location, locate_toxic_layer
-from .parts import decoder_layers, mlp_out_param_names
-from .upper import UpperStack
+from .layers import decoder_layers, mlp_out_param_names
+from .upper_stack import UpperStack
 
 log = logging.getLogger(__name__)
 

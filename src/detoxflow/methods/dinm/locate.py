@@ -21,7 +21,7 @@ import torch
 
 from ...errors import DetoxflowError
 from .inputs import EditInputs, Encoded, encode_pair
-from .parts import decoder_layers, layer_output
+from .layers import decoder_layers, layer_output
 
 LOCATE_MODES = ("masked", "reference")
 

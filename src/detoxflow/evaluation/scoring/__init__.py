@@ -2,7 +2,7 @@
 
 Usage (what the evaluation CLI does)::
 
-    from detoxflow.scoring import build_scorer
+    from detoxflow.evaluation.scoring import build_scorer
     scorer = build_scorer(name, options, batch_size=64)
     scores = scorer.score(texts)      # list[float], same order and length
     scorer.close()

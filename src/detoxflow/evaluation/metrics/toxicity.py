@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import DetoxflowError
+from ...errors import DetoxflowError
 
 
 def score_matrix(scores: Sequence[Sequence[float]]) -> np.ndarray:

@@ -37,7 +37,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from ..errors import DetoxflowError
+from ...errors import DetoxflowError
 from .base import Scorer
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import DetoxflowError
+from ...errors import DetoxflowError
 from .base import Scorer
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class HFClassifierScorer(Scorer):
         import torch
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-        from ..runtime import resolve_device
+        from ...runtime import resolve_device
         from ._transformers import effective_max_length, empty_substitute, prepare_tokenizer
 
         try:

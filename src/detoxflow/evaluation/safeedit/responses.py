@@ -12,7 +12,7 @@ import logging
 from collections import OrderedDict
 from typing import Sequence
 
-from ..data.safeedit import DINM_SUFFIX, format_prompt, input_texts
+from ...data.safeedit import DINM_SUFFIX, format_prompt, input_texts
 from .judges import judge_identity, judge_with_cache, make_judge
 from .metrics import safeedit_metrics
 
@@ -48,7 +48,7 @@ def build_requests(records: Sequence[dict], tokenizer, *, suffix: str = DINM_SUF
 def generate_for_prompts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int,
                          desc: str = "safeedit") -> dict[str, str]:
     """Greedy responses for the distinct prompts (longest first, to keep padding low)."""
-    from ..generation import generate_continuations  # torch: imported only where generation happens
+    from ...generation import generate_continuations  # torch: imported only where generation happens
 
     distinct = list(OrderedDict.fromkeys(prompts))
     if not distinct:
@@ -90,6 +90,16 @@ def verdict_cache(scored_rows: Sequence[dict], judge_settings: dict) -> dict[str
     identity = judge_identity(judge_settings)
     return {r["response"]: {k: r[k] for k in keep if k in r} for r in scored_rows
             if "label" in r and r.get("judge") == identity}
+
+
+def verdict_cache_from_files(paths: Sequence[str], judge_settings: dict) -> dict[str, dict]:
+    """:func:`verdict_cache` over several scored JSONL files (e.g. the base model's, for the vanilla answers)."""
+    from ...io import read_jsonl
+
+    cache: dict[str, dict] = {}
+    for path in paths or []:
+        cache.update(verdict_cache(read_jsonl(path), judge_settings))
+    return cache
 
 
 def metrics_for(rows: Sequence[dict], model: str | None = None) -> dict:

@@ -19,7 +19,7 @@ import pickle
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import DetoxflowError
+from ...errors import DetoxflowError
 from .base import Scorer
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class DetoxifyScorer(Scorer):
         import torch
         import transformers
 
-        from ..runtime import resolve_device
+        from ...runtime import resolve_device
         from ._transformers import effective_max_length, empty_substitute, prepare_tokenizer
 
         ck = load_detoxify_checkpoint(checkpoint)

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import DetoxflowError
+from ...errors import DetoxflowError
 
 
 def model_max_positions(model) -> int | None:

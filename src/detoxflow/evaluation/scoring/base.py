@@ -4,7 +4,7 @@ A scorer turns texts into P(toxic) in [0, 1], one float per text, in input
 order. Every scorer shares the batching, the progress bar and the output
 checks implemented here; a concrete scorer only implements ``_score_batch``.
 
-Scorer modules are imported lazily, so ``import detoxflow.scoring`` does not
+Scorer modules are imported lazily, so ``import detoxflow.evaluation.scoring`` does not
 pull in torch or transformers.
 """
 
@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
-from ..errors import DetoxflowError
+from ...errors import DetoxflowError
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import re
 from collections import Counter
 from typing import Iterable, Sequence
 
-from ..data.safeedit import DG_KINDS, INPUT_KINDS
+from ...data.safeedit import DG_KINDS, INPUT_KINDS
 
 _WORD_RE = re.compile(r"\w+(?:['\u2019]\w+)*|[^\w\s]")
 FLUENCY_NS = (2, 3)

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import DetoxflowError
+from ...errors import DetoxflowError
 from .toxicity import score_matrix, toxicity_metrics_batch
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from typing import Sequence
 
-from ..errors import DetoxflowError
+from ...errors import DetoxflowError
 from .base import Scorer
 
 

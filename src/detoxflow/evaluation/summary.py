@@ -14,8 +14,8 @@ from typing import Sequence
 
 import pandas as pd
 
-from .errors import DetoxflowError
-from .io import atomic_path, read_json, read_jsonl
+from ..errors import DetoxflowError
+from ..io import atomic_path, read_json, read_jsonl
 
 METRIC_COLUMNS = [
     "expected_max_toxicity", "toxicity_probability", "mean_toxicity", "toxic_fraction",

@@ -47,7 +47,7 @@ def finetuned_dirs(root: str, objective: str, n) -> list[str]:
 
 
 def stats_families(tv: dict, root: str) -> dict[str, list[str]]:
-    """Task-vector families compared by ``tv-stats``: the single model, each merge, the ascent model."""
+    """Task-vector families compared by ``tv-vector-stats``: the single model, each merge, the ascent model."""
     families = {}
     if tv["single_lambdas"]:
         families["single"] = finetuned_dirs(root, "descent", 1)

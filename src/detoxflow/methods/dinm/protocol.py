@@ -19,8 +19,8 @@ import logging
 import time
 from typing import Sequence
 
-from ..errors import DetoxflowError
-from .evaluate import build_requests, eval_settings, fill_responses, metrics_for
+from ...errors import DetoxflowError
+from ...evaluation.safeedit.responses import build_requests, eval_settings, fill_responses, metrics_for
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def run_per_instance(model, tokenizer, records: Sequence[dict], *, dinm: dict, e
     """
     from tqdm.auto import tqdm
 
-    from ..methods.dinm import DinmEditor, DinmSettings
+    from .edit import DinmEditor, DinmSettings
 
     if vanilla not in ("cache", "regenerate"):
         raise DetoxflowError(f"vanilla must be 'cache' or 'regenerate', got '{vanilla}'")

@@ -27,7 +27,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import DetoxflowError
+from ...errors import DetoxflowError
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class ClassifierJudge(Judge):
                                  f"(no config.json)")
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from ..runtime import resolve_device
+        from ...runtime import resolve_device
         from ..scoring._transformers import effective_max_length, empty_substitute, prepare_tokenizer
 
         try:

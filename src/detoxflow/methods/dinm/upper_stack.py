@@ -20,7 +20,7 @@ import logging
 
 import torch
 
-from .parts import _get, _layout, decoder_layers, layer_output
+from .layers import _get, _layout, decoder_layers, layer_output
 
 log = logging.getLogger(__name__)
 
