@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessorList
 
-from .runtime import seed_everything
+from .runtime import input_device, seed_everything
 from .sampling import NucleusFilter
 
 
@@ -44,7 +44,7 @@ def generate_continuations(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    device = next(model.parameters()).device
+    device = input_device(model)
     per_batch = max(1, batch_size // num_return_sequences)
     results: list[list[str]] = []
     if do_sample:  # temperature and top-p in one processor that avoids sorting the vocabulary (sampling.py)

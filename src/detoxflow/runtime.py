@@ -52,3 +52,13 @@ def seed_everything(seed: int) -> None:
 def hf_token() -> str | None:
     """Hugging Face token for gated hub repos, from the environment; never logged."""
     return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+
+
+def input_device(model) -> torch.device:
+    """Where a model's inputs go: the device of its input embeddings.
+
+    The same as ``next(model.parameters()).device`` for a model on one device;
+    for a model spread over several devices with a ``device_map`` it is the
+    first one, where Accelerate's hooks expect the token ids.
+    """
+    return model.get_input_embeddings().weight.device

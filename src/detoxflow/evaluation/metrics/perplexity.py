@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ...errors import DetoxflowError
+from ...runtime import input_device
 
 
 def model_max_positions(model) -> int | None:
@@ -35,7 +36,7 @@ def sliding_window_nll(model, input_ids: Sequence[int], window: int, stride: int
     n = ids.numel()
     if n < 2:
         raise DetoxflowError("perplexity needs a text of at least 2 tokens")
-    device = next(model.parameters()).device
+    device = input_device(model)
     total_nll, total_tokens, prev_end = 0.0, 0, 0
     starts = list(range(0, n, stride))
     for begin in tqdm(starts, desc="perplexity", unit="window"):

@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ...errors import DetoxflowError
+from ...runtime import input_device
 from ...io import atomic_path
 from .modules import output_units
 
@@ -94,7 +95,7 @@ def record_responses(
         raise DetoxflowError(f"aura.pooling: unknown pooling '{pooling}' (use {' or '.join(POOLINGS)})")
     if not texts:
         raise DetoxflowError("no sentences to record responses for")
-    device = next(model.parameters()).device
+    device = input_device(model)
     ids, keep = tokenize(tokenizer, texts, max_tokens, pool_special_tokens)
     n = len(texts)
     buffers = OrderedDict(

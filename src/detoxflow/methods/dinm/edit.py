@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from ...data.safeedit import DINM_SUFFIX
 from ...errors import DetoxflowError
+from ...runtime import input_device
 from .inputs import IGNORE, EditInputs, Encoded, encode_pair, instance_inputs
 from .locate import LOCATE_MODES, Location, locate_toxic_layer
 from .layers import decoder_layers, mlp_out_param_names
@@ -102,7 +103,7 @@ def _answer_positions(enc: Encoded) -> torch.Tensor:
 
 @torch.no_grad()
 def knowledge_reference(model, tokenizer, inputs: EditInputs, *, max_length: int | None = None) -> KnowledgeRef:
-    device = next(model.parameters()).device
+    device = input_device(model)
     enc = encode_pair(tokenizer, inputs.knowledge_prompt, inputs.knowledge_answer,
                       special_tokens=inputs.special_tokens, max_length=max_length).to(device)
     logits = model(input_ids=enc.input_ids, use_cache=False).logits[0, _answer_positions(enc)]
@@ -195,7 +196,7 @@ class DinmEditor:
         """
         s = self.settings
         model = self.model
-        device = next(model.parameters()).device
+        device = input_device(model)
         if refs is None:
             refs = [self.reference(it) for it in items]
         encs = [encode_pair(self.tokenizer, it.prompt, it.safe, special_tokens=it.special_tokens,

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...errors import DetoxflowError
+from ...runtime import input_device
 from .inputs import EditInputs, Encoded, encode_pair
 from .layers import decoder_layers, layer_output
 
@@ -44,7 +45,7 @@ def layer_states(model, enc: Encoded) -> torch.Tensor:
             captured[i] = layer_output(output)[0].detach()
         handles.append(layer.register_forward_hook(hook))
     try:
-        device = next(model.parameters()).device
+        device = input_device(model)
         model(input_ids=enc.input_ids.to(device), use_cache=False)
     finally:
         for h in handles:
@@ -84,7 +85,7 @@ def locate_toxic_layer(model, tokenizer, inputs: EditInputs, *, mode: str = "mas
 def _reference_distances(model, tokenizer, safe: str, unsafe: str) -> torch.Tensor:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    device = next(model.parameters()).device
+    device = input_device(model)
     batch = tokenizer([safe, unsafe], return_tensors="pt", padding=True).to(device)
     hidden = model(**batch, output_hidden_states=True, use_cache=False).hidden_states[1:]
     return torch.stack([torch.dist(h[0].float(), h[1].float(), p=2) for h in hidden])
