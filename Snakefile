@@ -5,9 +5,10 @@
 #   snakemake --profile workflow/profiles/slurm          # on a SLURM cluster
 #   snakemake --report results/report.html               # after a run
 #
-# Stages (one rule file each): models -> data -> methods (task_vectors, aura,
-# dinm) -> evaluate -> summary. All logic lives in the detoxflow package; rules
-# are thin calls to its CLI.
+# data recipes -> methods (each writes Hugging Face model folders) -> one evaluation of every
+# folder -> one summary. Each stage is one rule file that registers its model variants, extra
+# per-model metrics and targets with register_stage() (rules/common.smk); all logic lives in
+# the detoxflow package and rules are thin calls to its CLI. See docs/ARCHITECTURE.md.
 
 from snakemake.utils import min_version
 
@@ -17,11 +18,11 @@ min_version("8.0")
 include: "rules/common.smk"
 include: "rules/models.smk"
 include: "rules/data.smk"
+include: "rules/evaluate.smk"
+include: "rules/safeedit.smk"
 include: "rules/task_vectors.smk"
 include: "rules/aura.smk"
 include: "rules/dinm.smk"
-include: "rules/safeedit.smk"
-include: "rules/evaluate.smk"
 include: "rules/summary.smk"
 
 
@@ -30,5 +31,6 @@ report: "workflow/report/workflow.rst"
 
 rule all:
     input:
-        summary_outputs(),
+        SUMMARY.values(),
+        STAGES.targets(),
     default_target: True

@@ -1,4 +1,4 @@
-# Dataset recipes -> results/data/<recipe>.jsonl (one JSON object a row, `text` + source columns).
+# Dataset recipes -> results/data/<recipe>.jsonl (one JSON object a row: `text` + source columns).
 
 
 rule dataset:
@@ -11,6 +11,8 @@ rule dataset:
         recipe="|".join(config["datasets"]) or "__none__",
     log:
         f"{LOGS}/data/{{recipe}}.log",
+    benchmark:
+        f"{BENCH}/data/{{recipe}}.tsv"
     resources:
         mem_mb=8000,
         runtime=60,

@@ -1,18 +1,23 @@
-# The base model, materialised once as a plain safetensors Hugging Face folder.
+# The base model, materialised once as a plain safetensors Hugging Face folder that every
+# method and the evaluation load.
 
 
-rule materialise_base_model:
+rule materialise:
     output:
-        directory(f"{MODELS}/base"),
+        directory(model_folder("base")),
     params:
         spec=config["model"]["base"],
-        revision=f"--revision {config['model']['revision']}" if config["model"]["revision"] else "",
+        revision=(
+            f"--revision {config['model']['revision']}"
+            if config["model"]["revision"]
+            else ""
+        ),
         dtype=config["model"]["dtype"],
         trust="--trust-remote-code" if config["model"]["trust_remote_code"] else "",
     log:
-        f"{LOGS}/models/materialise_base_model.log",
+        f"{LOGS}/models/materialise.log",
     benchmark:
-        f"{BENCH}/materialise_base_model.tsv"
+        f"{BENCH}/models/materialise.tsv"
     resources:
         mem_mb=16000,
         runtime=60,

@@ -2,8 +2,8 @@
 # task-vector baseline (Ilharco et al., ICLR 2023). See docs/task_vectors.md.
 #
 #   recipe -> tv_toxic_set -> tv_split (N parts; N = 1 is the whole set)
-#          -> tv_finetune (one job per part, resumable) -> tv_merge / tv_single / tv_ascent
-#          -> evaluation -> tv_choose_lambda (Ilharco's rule, toxicity matching, plot)
+#          -> tv_finetune (one job per part, resumable) -> tv_merge (tv_merge_n<N>_l<lambda>,
+#             tv_single_l<lambda>) / tv_ascent -> evaluation -> tv_choose_lambda, tv_vector_stats
 
 from detoxflow.methods.task_vectors import variants as tv_variants
 
@@ -11,22 +11,27 @@ TV = config["task_vectors"]
 TV_FT = TV["finetune"]
 TV_DIR = f"{RESULTS}/task_vectors"
 TV_VARIANTS = tv_variants.variants(TV)
-
 TV_FAMILIES = tv_variants.stats_families(TV, TV_DIR)
-TV_STATS = {"json": f"{TV_DIR}/vector_stats.json", "md": f"{TV_DIR}/vector_stats.md"}
-
-TV_CHOICE = {
-    "json": f"{TV_DIR}/lambda_choice.json",
-    "md": f"{TV_DIR}/lambda_choice.md",
-    "plot": f"{RESULTS}/plots/task_vectors_lambda.png",
+TV_OUTPUTS = {
+    "choice_json": f"{TV_DIR}/lambda_choice.json",
+    "choice_md": f"{TV_DIR}/lambda_choice.md",
+    "choice_plot": f"{RESULTS}/plots/task_vectors_lambda.png",
+    "stats_json": f"{TV_DIR}/vector_stats.json",
+    "stats_md": f"{TV_DIR}/vector_stats.md",
 }
 
 if TV["enabled"]:
     recipe_path(TV["dataset"])  # fails early, naming the missing recipe
-    MODEL_VARIANTS.extend(m for m in tv_variants.model_variants(TV) if m not in MODEL_VARIANTS)
-    EXTRA_TARGETS.extend(TV_CHOICE.values())
-    if TV_FAMILIES:
-        EXTRA_TARGETS.extend(TV_STATS.values())
+
+    register_stage(
+        "task_vectors",
+        variants=tv_variants.model_variants(TV),
+        targets=[
+            v
+            for k, v in TV_OUTPUTS.items()
+            if k.startswith("choice") or (TV_FAMILIES and k.startswith("stats"))
+        ],
+    )
 
 
 rule tv_toxic_set:
@@ -72,15 +77,15 @@ rule tv_split:
         "--out {output} > {log} 2>&1"
 
 
-_tv_ft_out = directory(f"{TV_DIR}/finetuned/{{objective}}_n{{n}}_part{{part}}")
+TV_FINETUNED = directory(f"{TV_DIR}/finetuned/{{objective}}_n{{n}}_part{{part}}")
 
 
 rule tv_finetune:
     input:
-        base=f"{MODELS}/base",
+        base=model_folder("base"),
         split=f"{TV_DIR}/splits/n{{n}}",
     output:
-        protected(_tv_ft_out) if TV["protect_finetuned"] else _tv_ft_out,
+        protected(TV_FINETUNED) if TV["protect_finetuned"] else TV_FINETUNED,
     wildcard_constraints:
         objective="descent|ascent",
         n="[0-9]+",
@@ -97,7 +102,11 @@ rule tv_finetune:
         f"{BENCH}/task_vectors/finetune_{{objective}}_n{{n}}_part{{part}}.tsv"
     threads: TV_FT["threads"]
     resources:
-        gpu=TV_FT["accelerate"]["num_processes"] if TV_FT["accelerate"]["enabled"] else 1,
+        gpu=(
+            TV_FT["accelerate"]["num_processes"]
+            if TV_FT["accelerate"]["enabled"]
+            else 1
+        ),
         mem_mb=TV_FT["mem_mb"],
         runtime=TV_FT["runtime"],
     conda:
@@ -109,20 +118,27 @@ rule tv_finetune:
 
 
 rule tv_merge:
+    # theta_pre - lambda * mean_i(tau_i): tv_merge_n<N>_l<lambda> over the N parts, and the
+    # single-model baseline tv_single_l<lambda> (the whole set fine-tuned as one part)
     input:
-        base=f"{MODELS}/base",
-        finetuned=lambda w: tv_variants.finetuned_dirs(TV_DIR, "descent", w.n),
+        base=model_folder("base"),
+        finetuned=lambda w: tv_variants.finetuned_dirs(
+            TV_DIR, "descent", tv_variants.family_splits(w.family)
+        ),
     output:
-        directory(f"{MODELS}/tv_merge_n{{n}}_l{{lam}}"),
+        directory(model_folder("tv_{family}_l{lam}")),
     wildcard_constraints:
-        n="[0-9]+",
+        family="single|merge_n[0-9]+",
         lam="[-+0-9.e]+",
     params:
-        meta=lambda w: as_json({"n_splits": int(w.n), "lambda": float(w.lam)}),
+        method=lambda w: tv_variants.family_method(w.family),
+        meta=lambda w: as_json(
+            {"n_splits": tv_variants.family_splits(w.family), "lambda": float(w.lam)}
+        ),
     log:
-        f"{LOGS}/task_vectors/merge_n{{n}}_l{{lam}}.log",
+        f"{LOGS}/task_vectors/merge_{{family}}_l{{lam}}.log",
     benchmark:
-        f"{BENCH}/task_vectors/merge_n{{n}}_l{{lam}}.tsv"
+        f"{BENCH}/task_vectors/merge_{{family}}_l{{lam}}.tsv"
     resources:
         mem_mb=8000,
         runtime=60,
@@ -130,68 +146,64 @@ rule tv_merge:
         ENV
     shell:
         "detoxflow tv-merge --base {input.base} --finetuned {input.finetuned} --lambda {wildcards.lam} "
-        "--method task_vector_merge --params {params.meta:q} --out {output} > {log} 2>&1"
-
-
-rule tv_single:
-    input:
-        base=f"{MODELS}/base",
-        finetuned=tv_variants.finetuned_dirs(TV_DIR, "descent", 1),
-    output:
-        directory(f"{MODELS}/tv_single_l{{lam}}"),
-    wildcard_constraints:
-        lam="[-+0-9.e]+",
-    params:
-        meta=lambda w: as_json({"n_splits": 1, "lambda": float(w.lam)}),
-    log:
-        f"{LOGS}/task_vectors/single_l{{lam}}.log",
-    benchmark:
-        f"{BENCH}/task_vectors/single_l{{lam}}.tsv"
-    resources:
-        mem_mb=8000,
-        runtime=60,
-    conda:
-        ENV
-    shell:
-        "detoxflow tv-merge --base {input.base} --finetuned {input.finetuned} --lambda {wildcards.lam} "
-        "--method task_vector --params {params.meta:q} --out {output} > {log} 2>&1"
+        "--method {params.method} --params {params.meta:q} --out {output} > {log} 2>&1"
 
 
 rule tv_ascent:
+    # theta_pre + 1.0 * (theta_ascent - theta_pre): the gradient-ascent model as is, written
+    # with the base's tokenizer and sharding like every other variant
     input:
-        base=f"{MODELS}/base",
+        base=model_folder("base"),
         finetuned=tv_variants.finetuned_dirs(TV_DIR, "ascent", 1),
     output:
-        directory(f"{MODELS}/tv_ascent"),
+        directory(model_folder("tv_ascent")),
     params:
         meta=as_json({"n_splits": 1}),
     log:
         f"{LOGS}/task_vectors/ascent.log",
+    benchmark:
+        f"{BENCH}/task_vectors/ascent.tsv"
     resources:
         mem_mb=8000,
         runtime=60,
     conda:
         ENV
     shell:
-        # theta_pre + 1.0 * (theta_ascent - theta_pre): the gradient-ascent model as is,
-        # written with the base's tokenizer and sharding like every other variant
         "detoxflow tv-merge --base {input.base} --finetuned {input.finetuned} --lambda 1.0 --add "
         "--method gradient_ascent --params {params.meta:q} --out {output} > {log} 2>&1"
 
 
+def tv_points():
+    """Every variant of the branch with the evaluation files that hold its perplexity and toxicity."""
+    return [
+        dict(
+            v,
+            perplexity=f"{EVAL}/{v['model']}/perplexity.json",
+            toxicity=f"{EVAL}/{v['model']}/plain/toxicity.json",
+        )
+        for v in TV_VARIANTS
+    ]
+
+
 rule tv_choose_lambda:
     input:
-        perplexity=[f"{RESULTS}/eval/{v['model']}/perplexity.json" for v in TV_VARIANTS],
-        toxicity=[f"{RESULTS}/eval/{v['model']}/plain/toxicity.json" for v in TV_VARIANTS],
+        perplexity=[p["perplexity"] for p in tv_points()],
+        toxicity=[p["toxicity"] for p in tv_points()],
     output:
-        json=TV_CHOICE["json"],
-        md=report(TV_CHOICE["md"], category="3. Task vectors", labels={"table": "lambda choice"}),
-        plot=report(TV_CHOICE["plot"], category="3. Task vectors", labels={"plot": "toxicity vs perplexity across lambda"}),
+        json=TV_OUTPUTS["choice_json"],
+        md=report(
+            TV_OUTPUTS["choice_md"],
+            category="3. Task vectors",
+            labels={"table": "lambda choice"},
+        ),
+        plot=report(
+            TV_OUTPUTS["choice_plot"],
+            category="3. Task vectors",
+            labels={"plot": "toxicity vs perplexity across lambda"},
+        ),
     params:
-        variants=as_json(TV_VARIANTS),
+        points=as_json(tv_points()),
         settings=as_json(TV["choose_lambda"]),
-        # results/eval/<model>/perplexity.json -> results/eval
-        eval_dir=lambda w, input: os.path.dirname(os.path.dirname(input.perplexity[0])),
     log:
         f"{LOGS}/task_vectors/choose_lambda.log",
     resources:
@@ -200,20 +212,25 @@ rule tv_choose_lambda:
     conda:
         ENV
     shell:
-        "detoxflow tv-choose-lambda --eval-dir {params.eval_dir} --variants {params.variants:q} "
-        "--settings {params.settings:q} --json {output.json} --markdown {output.md} --plot {output.plot} "
-        "> {log} 2>&1"
+        "detoxflow tv-choose-lambda --points {params.points:q} --settings {params.settings:q} "
+        "--json {output.json} --markdown {output.md} --plot {output.plot} > {log} 2>&1"
 
 
 rule tv_vector_stats:
     input:
-        base=f"{MODELS}/base",
+        base=model_folder("base"),
         finetuned=sorted({d for dirs in TV_FAMILIES.values() for d in dirs}),
     output:
-        json=TV_STATS["json"],
-        md=report(TV_STATS["md"], category="3. Task vectors", labels={"table": "task-vector norms and cosines"}),
+        json=TV_OUTPUTS["stats_json"],
+        md=report(
+            TV_OUTPUTS["stats_md"],
+            category="3. Task vectors",
+            labels={"table": "task-vector norms and cosines"},
+        ),
     params:
-        families=" ".join(f"--family {name}={','.join(dirs)}" for name, dirs in TV_FAMILIES.items()),
+        families=" ".join(
+            f"--family {name}={','.join(dirs)}" for name, dirs in TV_FAMILIES.items()
+        ),
     log:
         f"{LOGS}/task_vectors/vector_stats.log",
     benchmark:

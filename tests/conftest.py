@@ -37,6 +37,14 @@ def gpt2_tokenizer(shared_data):
     return tok
 
 
+def judge_settings(kind: str = "offline", **block) -> dict:
+    """``safeedit.judge`` as the workflow passes it: the kind and its block, schema defaults filled."""
+    from detoxflow.config import section_defaults
+
+    judge = section_defaults("safeedit")["judge"]
+    return {"kind": kind, kind: {**judge[kind], **block}}
+
+
 def make_tiny_model(kind: str, out_dir: Path, tokenizer, seed: int = 0) -> Path:
     """Build a tiny random causal LM of the given family and save it as an HF folder."""
     import torch

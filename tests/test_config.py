@@ -13,7 +13,7 @@ from detoxflow.config import load_config, validate_config
 from detoxflow.errors import DetoxflowError
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMAS = REPO / "workflow" / "schemas"
+SCHEMAS = REPO / "src" / "detoxflow" / "schema"
 
 
 def test_default_config_is_valid_and_filled():
@@ -48,17 +48,6 @@ def test_layered_files_merge_deeply(tmp_path):
     assert cfg["evaluation"]["generation"]["max_new_tokens"] == 20  # kept from config.yaml
     with pytest.raises(DetoxflowError, match="config file not found"):
         load_config([tmp_path / "nope.yaml"], SCHEMAS)
-
-
-def test_command_line_strings_become_the_types_the_schema_wants():
-    # what Snakemake's --config evaluation='{generation: {k: 7, do_sample: false, top_p: 0.8}}' delivers
-    cfg = validate_config({"evaluation": {"generation": {"k": "7", "do_sample": "false", "top_p": "0.8"}},
-                           "model": {"device": "cpu"}}, SCHEMAS)
-    assert cfg["evaluation"]["generation"]["k"] == 7
-    assert cfg["evaluation"]["generation"]["do_sample"] is False
-    assert cfg["evaluation"]["generation"]["top_p"] == 0.8
-    with pytest.raises(DetoxflowError, match=r"evaluation\.generation\.k: '7\.5' is not of type 'integer'"):
-        validate_config({"evaluation": {"generation": {"k": "7.5"}}}, SCHEMAS)
 
 
 def test_overlay_drops_a_default_preprompt_with_null(tmp_path):

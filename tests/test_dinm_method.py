@@ -20,7 +20,11 @@ from detoxflow.methods.dinm import (
 from detoxflow.methods.dinm.inputs import IGNORE, EditInputs
 from detoxflow.methods.dinm.locate import layer_states, response_means
 from detoxflow.methods.dinm.layers import decoder_layers, mlp_out_param_names
+from detoxflow.config import section_defaults
 from detoxflow.models import load_model, load_tokenizer
+
+# the SafeEdit prompt DINM edits with, as the config schema has it
+PROMPT = section_defaults("safeedit")["prompt"]
 
 
 def instance(i=0, **over):
@@ -78,7 +82,7 @@ def constructed_gpt2(tokenizer, k: int, n_layer: int = 4, a: float = 3.0, c: flo
 @pytest.mark.parametrize("k", [1, 2])
 def test_locate_finds_the_constructed_layer(gpt2_tokenizer, k):
     model = constructed_gpt2(gpt2_tokenizer, k)
-    inputs = instance_inputs(instance(), gpt2_tokenizer)
+    inputs = instance_inputs(instance(), gpt2_tokenizer, **PROMPT)
     loc = locate_toxic_layer(model, gpt2_tokenizer, inputs)
     assert loc.layer == k
     D = loc.distances[0]
@@ -89,7 +93,7 @@ def test_locate_finds_the_constructed_layer(gpt2_tokenizer, k):
 def test_locate_compares_response_tokens_of_unpadded_sequences(tiny_llama_dir):
     """The per-layer means equal those computed another way: output_hidden_states on the joint sequence."""
     model, tok = load_model(tiny_llama_dir, device="cpu"), load_tokenizer(tiny_llama_dir)
-    inputs = instance_inputs(instance(), tok)
+    inputs = instance_inputs(instance(), tok, **PROMPT)
     enc = encode_pair(tok, inputs.prompt, inputs.safe)
     with torch.no_grad():
         hs = model(input_ids=enc.input_ids, output_hidden_states=True).hidden_states
@@ -107,7 +111,7 @@ def test_locate_compares_response_tokens_of_unpadded_sequences(tiny_llama_dir):
 
 def test_reference_locate_mode_matches_its_definition(tiny_llama_dir):
     model, tok = load_model(tiny_llama_dir, device="cpu"), load_tokenizer(tiny_llama_dir)
-    inputs = instance_inputs(instance(), tok)
+    inputs = instance_inputs(instance(), tok, **PROMPT)
     loc = locate_toxic_layer(model, tok, inputs, mode="reference")
     batch = tok([inputs.safe, inputs.unsafe], return_tensors="pt", padding=True)
     with torch.no_grad():
@@ -143,7 +147,7 @@ def test_edit_changes_only_the_located_projection_and_lowers_nll(kind, tiny_gpt2
     folder = tiny_gpt2_dir if kind == "gpt2" else tiny_llama_dir
     model, tok = load_model(folder, device="cpu"), load_tokenizer(folder)
     before = _snapshot(model)
-    editor = DinmEditor(model, tok, DinmSettings(lr=1e-2, steps=5))
+    editor = DinmEditor(model, tok, DinmSettings.defaults(lr=1e-2, steps=5))
     rec = editor.edit_instance(instance())
     layer = rec.layers[0]
     names = set(mlp_out_param_names(model, layer))
@@ -171,7 +175,7 @@ def test_edit_changes_only_the_located_projection_and_lowers_nll(kind, tiny_gpt2
 def test_kl_term_has_the_gradient_of_its_value(tiny_gpt2_dir):
     torch.manual_seed(0)
     model, tok = load_model(tiny_gpt2_dir, device="cpu").double(), load_tokenizer(tiny_gpt2_dir)
-    inputs = instance_inputs(instance(), tok)
+    inputs = instance_inputs(instance(), tok, **PROMPT)
     ref = knowledge_reference(model, tok, inputs)
     w = model.transformer.h[1].mlp.c_proj.weight
     kl0 = kl_term(model, ref)
@@ -199,7 +203,7 @@ def test_kl_term_keeps_knowledge_closer(tiny_gpt2_dir):
     results = {}
     for c_kl in (0.0, 10.0):
         model, tok = load_model(tiny_gpt2_dir, device="cpu"), load_tokenizer(tiny_gpt2_dir)
-        editor = DinmEditor(model, tok, DinmSettings(lr=5e-2, steps=5, c_kl=c_kl, layer=1))
+        editor = DinmEditor(model, tok, DinmSettings.defaults(lr=5e-2, steps=5, c_kl=c_kl, layer=1))
         results[c_kl] = editor.edit_instance(instance()).kl_after
     assert results[10.0] < results[0.0]
 
@@ -215,19 +219,21 @@ def test_nll_term_equals_the_models_own_loss(tiny_llama_dir):
 def test_settings_family_lr_fixed_layer_and_errors(tiny_gpt2_dir, tiny_llama_dir):
     gpt2 = load_model(tiny_gpt2_dir, device="cpu")
     llama = load_model(tiny_llama_dir, device="cpu")
-    assert DinmSettings().resolve_lr(gpt2) == (5e-4, "family gpt2")
-    assert DinmSettings(lr_by_family={"llama": 1e-5}).resolve_lr(llama) == (1e-5, "family llama")
-    assert DinmSettings(lr_by_family={}, default_lr=3e-4).resolve_lr(llama) == (3e-4, "default")
-    assert DinmSettings(lr=1e-3).resolve_lr(llama) == (1e-3, "config")
+    assert DinmSettings.defaults().resolve_lr(gpt2) == (5e-4, "family gpt2")
+    assert DinmSettings.defaults(lr_by_family={"llama": 1e-5}).resolve_lr(llama) == (1e-5, "family llama")
+    assert DinmSettings.defaults(lr_by_family={}, default_lr=3e-4).resolve_lr(llama) == (3e-4, "default")
+    assert DinmSettings.defaults(lr=1e-3).resolve_lr(llama) == (1e-3, "config")
     with pytest.raises(DetoxflowError, match="unknown DINM setting"):
-        DinmSettings.from_dict({"learning_rate": 1})
+        DinmSettings.defaults(learning_rate=1)
+    with pytest.raises(DetoxflowError, match="DINM settings lack steps"):
+        DinmSettings.from_dict({k: v for k, v in DinmSettings.defaults().as_dict().items() if k != "steps"})
     with pytest.raises(DetoxflowError, match="dinm.locate"):
-        DinmSettings.from_dict({"locate": "x"})
+        DinmSettings.defaults(locate="x")
     tok = load_tokenizer(tiny_llama_dir)
-    editor = DinmEditor(llama, tok, DinmSettings(layer=-1, steps=1))
+    editor = DinmEditor(llama, tok, DinmSettings.defaults(layer=-1, steps=1))
     assert editor.locate(editor.inputs(instance())).layer == 1
     with pytest.raises(DetoxflowError, match="out of range"):
-        DinmEditor(llama, tok, DinmSettings(layer=5)).locate(editor.inputs(instance()))
+        DinmEditor(llama, tok, DinmSettings.defaults(layer=5)).locate(editor.inputs(instance()))
 
 
 @pytest.mark.parametrize("mode", ["sequential", "joint"])
@@ -235,7 +241,7 @@ def test_edit_model_keeps_edits(mode, tiny_llama_dir):
     model, tok = load_model(tiny_llama_dir, device="cpu"), load_tokenizer(tiny_llama_dir)
     before = _snapshot(model)
     recs = [instance(0), instance(1, **{"safe generation": "No, I won't explain that."})]
-    editor = DinmEditor(model, tok, DinmSettings(lr=1e-2, steps=2))
+    editor = DinmEditor(model, tok, DinmSettings.defaults(lr=1e-2, steps=2))
     out = edit_model(editor, recs, mode=mode)
     assert len(out) == (2 if mode == "sequential" else 1)
     layers = {layer for r in out for layer in r.layers}
@@ -281,7 +287,7 @@ def test_upper_stack_reproduces_full_forward_and_edit(kind, tiny_gpt2_dir, tiny_
     results = []
     for reuse in (True, False):
         m = load_model(folder, device="cpu")
-        editor = DinmEditor(m, tok, DinmSettings(lr=1e-2, steps=3, layer=0, reuse_lower_layers=reuse))
+        editor = DinmEditor(m, tok, DinmSettings.defaults(lr=1e-2, steps=3, layer=0, reuse_lower_layers=reuse))
         rec = editor.edit_instance(instance())
         results.append((rec.losses, {n: p.detach().clone() for n, p in m.named_parameters()}))
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
@@ -298,5 +304,5 @@ def test_upper_stack_falls_back_when_it_cannot_reproduce(tiny_llama_dir, monkeyp
     assert not upper.UpperStack(model, ids, 1).ok
     assert "does not reproduce" in caplog.text
     # the edit still runs, on the full forward pass, and lowers the NLL
-    rec = DinmEditor(model, tok, DinmSettings(lr=1e-2, steps=2, layer=1)).edit_instance(instance())
+    rec = DinmEditor(model, tok, DinmSettings.defaults(lr=1e-2, steps=2, layer=1)).edit_instance(instance())
     assert rec.nll_after < rec.nll_before

@@ -8,14 +8,17 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import judge_settings
 from detoxflow.cli import main
+from detoxflow.config import section_defaults
+from detoxflow.methods.dinm import DinmSettings
 from detoxflow.data.safeedit_standin import build_standin
 from detoxflow.models import load_model, load_tokenizer
 from detoxflow.evaluation.safeedit.responses import build_requests, fill_responses, score_rows
 from detoxflow.methods.dinm.protocol import per_instance_report, report_markdown, run_per_instance
 
 EVAL = {"prompt": {"suffix": "Answer:", "chat_template": False}, "generation": {"max_new_tokens": 3, "batch_size": 4}}
-DINM = {"lr": 1e-2, "steps": 2}
+DINM = DinmSettings.defaults(lr=1e-2, steps=2, suffix=EVAL["prompt"]["suffix"], chat_template=False)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +35,7 @@ def test_per_instance_reuses_vanilla_and_restores(tiny_llama_dir, standin):
     fill_responses(model, tok, base_rows, **EVAL["generation"])
     cache = {r["prompt"]: r["response"] for r in base_rows}
 
-    rows, edits, timing = run_per_instance(model, tok, test, dinm=DINM, evaluation=EVAL, vanilla_cache=cache)
+    rows, edits, timing = run_per_instance(model, tok, test, settings=DINM, evaluation=EVAL, vanilla_cache=cache)
     assert timing["vanilla_generated"] == 0 and timing["vanilla_reused"] == len(base_rows)
     assert all(torch.equal(before[n], p.detach()) for n, p in model.named_parameters())   # restored
     vanilla = [r for r in rows if r["variant"] == "vanilla"]
@@ -45,13 +48,13 @@ def test_per_instance_reuses_vanilla_and_restores(tiny_llama_dir, standin):
         assert e["nll_after"] < e["nll_before"]
 
     # the straightforward way regenerates the same vanilla responses for every instance
-    rows2, _, timing2 = run_per_instance(model, tok, test, dinm=DINM, evaluation=EVAL, vanilla="regenerate")
+    rows2, _, timing2 = run_per_instance(model, tok, test, settings=DINM, evaluation=EVAL, vanilla="regenerate")
     assert timing2["vanilla_generated"] == 10
     assert [r["response"] for r in rows2 if r["variant"] == "vanilla"] == [r["response"] for r in vanilla]
     # editing is deterministic: the same edited responses
     assert [r["response"] for r in rows2 if r["variant"] == "dinm"] == [r["response"] for r in edited]
 
-    scored = score_rows(rows, {"kind": "offline"})
+    scored = score_rows(rows, judge_settings())
     report = per_instance_report(scored, edits, timing)
     for variant in ("vanilla", "dinm"):
         labels = [r["label"] for r in scored if r["variant"] == variant and r["kind"] == "DS"]
@@ -66,7 +69,8 @@ def test_cli_data_generate_score_edit(tmp_path, tiny_gpt2_dir, shared_data):
     adv = tmp_path / "advbench.jsonl"
     rows = pd.read_csv(shared_data / "advbench" / "harmful_behaviors.csv").head(12)
     adv.write_text("\n".join(json.dumps({"text": g, "target": t}) for g, t in zip(rows["goal"], rows["target"])))
-    settings = json.dumps({"source": "standin", "standin": {"n_train": 1, "n_test": 2, "seed": 1}})
+    standin = dict(section_defaults("safeedit")["data"]["standin"], n_train=1, n_test=2, seed=1)
+    settings = json.dumps({"source": "standin", "standin": standin})
     train, test = tmp_path / "train.json", tmp_path / "test.json"
     assert main(["safeedit-data", "--settings", settings, "--advbench", str(adv), "--train", str(train),
                  "--test", str(test)]) == 0
@@ -74,27 +78,27 @@ def test_cli_data_generate_score_edit(tmp_path, tiny_gpt2_dir, shared_data):
 
     gen = tmp_path / "gen.jsonl"
     assert main(["safeedit-generate", "--model", str(tiny_gpt2_dir), "--data", str(test), "--settings",
-                 json.dumps(EVAL), "--device", "cpu", "--out", str(gen)]) == 0
+                 json.dumps(dict(EVAL, n_instances=None)), "--device", "cpu", "--out", str(gen)]) == 0
     gen_rows = [json.loads(line) for line in gen.read_text().splitlines()]
     assert [r["kind"] for r in gen_rows[:5]] == ["DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ"]
     assert all(r["prompt"] == r["input"] + " Answer:" for r in gen_rows)
 
     scored, metrics = tmp_path / "scored.jsonl", tmp_path / "safeedit.json"
-    assert main(["safeedit-score", "--generations", str(gen), "--model-name", "base", "--scored", str(scored),
-                 "--metrics", str(metrics)]) == 0
-    m = json.loads(metrics.read_text())
-    assert m["model"] == "base" and m["safeedit_n_instances"] == 2
+    assert main(["safeedit-score", "--generations", str(gen), "--judge", json.dumps(judge_settings()),
+                 "--scored", str(scored), "--metrics", str(metrics)]) == 0
+    m = json.loads(metrics.read_text())["metrics"]
+    assert m["safeedit_n_instances"] == 2
     assert set(m) >= {"safeedit_DS", "safeedit_DG_avg", "safeedit_fluency"}
 
     out, record = tmp_path / "dinm", tmp_path / "edits.json"
-    section = json.dumps({"enabled": True, "lr": 1e-2, "steps": 2, "prompt": {"suffix": "Answer:"},
-                          "model": {"instances": 1, "mode": "sequential"}, "per_instance": {"enabled": True}})
-    assert main(["dinm-edit", "--model", str(tiny_gpt2_dir), "--data", str(train), "--settings", section,
-                 "--device", "cpu", "--out", str(out), "--record", str(record)]) == 0
+    settings = json.dumps(DinmSettings.defaults(lr=1e-2, steps=2, suffix="Answer:").as_dict())
+    edit = ["--instances", "1", "--mode", "sequential", "--seed", "0", "--device", "cpu"]
+    assert main(["dinm-edit-model", "--model", str(tiny_gpt2_dir), "--data", str(train), "--settings", settings,
+                 *edit, "--out", str(out), "--record", str(record)]) == 0
     meta = json.loads((out / "detoxflow.json").read_text())
     rec = json.loads(record.read_text())
     assert meta["method"] == "dinm" and meta["params"]["edit_instances"] == 1
     assert meta["params"]["edit_layers"] == str(rec["edits"][0]["layers"][0])
     # a bad section is a user error (exit 2), not a traceback
-    assert main(["dinm-edit", "--model", str(tiny_gpt2_dir), "--data", str(train), "--settings",
-                 json.dumps({"stepz": 1}), "--device", "cpu", "--out", str(out), "--record", str(record)]) == 2
+    assert main(["dinm-edit-model", "--model", str(tiny_gpt2_dir), "--data", str(train), "--settings",
+                 json.dumps({"stepz": 1}), *edit, "--out", str(out), "--record", str(record)]) == 2

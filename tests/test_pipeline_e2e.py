@@ -14,7 +14,7 @@ from pipeline import REPO, run_snakemake, tiny_overlay
 def test_dry_run_of_default_config_offline(tmp_path, shared_data):
     proc = run_snakemake(tmp_path, {"data_root": str(shared_data)}, "-n", "--quiet", "rules")
     out = proc.stdout + proc.stderr
-    for rule in ("materialise_base_model", "dataset", "generate_continuations", "score_toxicity", "perplexity",
+    for rule in ("materialise", "dataset", "generate_continuations", "score_toxicity", "perplexity",
                  "summarize"):
         assert rule in out
 

@@ -8,8 +8,8 @@ import json
 import pandas as pd
 import pytest
 
+from detoxflow.config import section_defaults
 from detoxflow.data.safeedit import (
-    DINM_SUFFIX,
     GENERALIZATION_FIELDS,
     format_prompt,
     input_texts,
@@ -108,10 +108,12 @@ def test_select_and_format_prompt(gpt2_tokenizer):
     assert select(recs, None) == recs and select(recs, 2) == recs[:2]
     with pytest.raises(DetoxflowError, match="only 3"):
         select(recs, 4)
-    assert format_prompt("Hi?") == "Hi? " + DINM_SUFFIX
-    assert format_prompt("Hi?", suffix="") == "Hi?"
+    suffix = section_defaults("safeedit")["prompt"]["suffix"]
+    assert suffix.startswith("If the user's request is reasonable")  # the DINM reference's suffix
+    assert format_prompt("Hi?", suffix=suffix, chat_template=False) == "Hi? " + suffix
+    assert format_prompt("Hi?", suffix="", chat_template=False) == "Hi?"
     with pytest.raises(DetoxflowError, match="no chat template"):
-        format_prompt("Hi?", gpt2_tokenizer, chat_template=True)
+        format_prompt("Hi?", gpt2_tokenizer, suffix=suffix, chat_template=True)
 
     class Tok:
         chat_template = "x"
@@ -120,7 +122,7 @@ def test_select_and_format_prompt(gpt2_tokenizer):
             assert add_generation_prompt and not tokenize
             return f"<user>{messages[0]['content']}</user><assistant>"
 
-    assert format_prompt("Hi?", Tok(), chat_template=True) == f"<user>Hi? {DINM_SUFFIX}</user><assistant>"
+    assert format_prompt("Hi?", Tok(), suffix=suffix, chat_template=True) == f"<user>Hi? {suffix}</user><assistant>"
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from detoxflow.errors import DetoxflowError
+from conftest import judge_settings
 from detoxflow.evaluation.safeedit.responses import score_rows, verdict_cache
 from detoxflow.evaluation.safeedit.judges import ClassifierJudge, Judge, OfflineJudge, is_refusal, judge_with_cache, make_judge
 from detoxflow.evaluation.safeedit.metrics import fluency, mean_fluency, ngram_entropy, safeedit_metrics, word_tokens
@@ -128,18 +129,18 @@ def test_classifier_judge_matches_direct_argmax(tiny_classifier):
             logits = model(**ids).logits[0]
         assert verdict["label"] == int(int(logits.argmax()) != 0)
         assert verdict["p_unsafe"] == pytest.approx(float(torch.softmax(logits, -1)[1]), abs=1e-5)
-    flipped = ClassifierJudge(path=str(tiny_classifier), safe_label=1, max_length=8, device="cpu").judge(responses)
+    flipped = ClassifierJudge(path=str(tiny_classifier), safe_label=1, max_length=8, batch_size=16, device="cpu").judge(responses)
     assert [1 - o["label"] for o in out] == [o["label"] for o in flipped]
 
 
 def test_make_judge_errors(tmp_path):
-    assert isinstance(make_judge({"kind": "offline"}), OfflineJudge)
+    assert isinstance(make_judge(judge_settings()), OfflineJudge)
     with pytest.raises(DetoxflowError, match="not one of offline, classifier"):
         make_judge({"kind": "llm"})
     with pytest.raises(DetoxflowError, match="classifier.path is empty"):
-        make_judge({"kind": "classifier", "classifier": {"path": None}})
+        make_judge(judge_settings("classifier", path=None))
     with pytest.raises(DetoxflowError, match="no config.json"):
-        make_judge({"kind": "classifier", "classifier": {"path": str(tmp_path)}})
+        make_judge(judge_settings("classifier", path=str(tmp_path)))
 
 
 class CountingJudge(Judge):
@@ -162,8 +163,8 @@ def test_judge_cache_judges_each_distinct_response_once():
 
 def test_score_rows_and_verdict_cache_only_reuse_the_same_judge():
     rows = [{"id": 0, "kind": "DS", "response": "I'm sorry, I cannot help."}]
-    scored = score_rows(rows, {"kind": "offline"})
+    scored = score_rows(rows, judge_settings())
     assert scored[0]["label"] == 0 and scored[0]["judge"].startswith("offline")
-    assert verdict_cache(scored, {"kind": "offline"}) == {rows[0]["response"]: {
+    assert verdict_cache(scored, judge_settings()) == {rows[0]["response"]: {
         k: scored[0][k] for k in ("label", "refusal", "toxicity")}}
-    assert verdict_cache(scored, {"kind": "offline", "offline": {"toxicity_threshold": 0.3}}) == {}
+    assert verdict_cache(scored, judge_settings(toxicity_threshold=0.3)) == {}

@@ -34,7 +34,7 @@ class _LengthScorer(Scorer):
 def test_registry_names_match_the_config_schema():
     import yaml
 
-    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    schema = yaml.safe_load((REPO / "src/detoxflow/schema/config.schema.yaml").read_text())
     tox = schema["properties"]["evaluation"]["properties"]["toxicity"]["properties"]
     assert set(tox["scorer"]["enum"]) == set(SCORERS)
     # every scorer's option block in the schema has exactly the keys the scorer accepts

@@ -6,7 +6,7 @@ import pytest
 
 from detoxflow.cli import main
 from detoxflow.errors import DetoxflowError
-from detoxflow.io import read_json, write_json
+from detoxflow.io import read_json, write_json, write_metrics
 from detoxflow.methods.task_vectors.choose_lambda import choose_lambda, markdown
 
 # model -> (perplexity, mean_toxicity)
@@ -21,21 +21,27 @@ EVALS = {
 }
 
 
-def _variants():
-    out = [{"model": "base", "family": "base", "n_splits": None, "lambda": 0.0}]
+def _variants(root):
+    """The points as the workflow names them: each variant with its evaluation files."""
+    def files(model):
+        return {"perplexity": str(root / model / "perplexity.json"), "toxicity": str(root / model / "plain" / "toxicity.json")}
+
+    out = [{"model": "base", "family": "base", "n_splits": None, "lambda": 0.0, **files("base")}]
     for name in EVALS:
         if name.startswith("tv_single"):
-            out.append({"model": name, "family": "single", "n_splits": 1, "lambda": float(name.split("_l")[1])})
+            out.append({"model": name, "family": "single", "n_splits": 1, "lambda": float(name.split("_l")[1]),
+                        **files(name)})
         elif name.startswith("tv_merge"):
             n = int(name.split("_n")[1].split("_")[0])
-            out.append({"model": name, "family": "merge", "n_splits": n, "lambda": float(name.split("_l")[1])})
+            out.append({"model": name, "family": "merge", "n_splits": n, "lambda": float(name.split("_l")[1]),
+                        **files(name)})
     return out
 
 
 @pytest.fixture()
 def eval_dir(tmp_path):
     for model, (ppl, tox) in EVALS.items():
-        write_json(tmp_path / model / "perplexity.json", {"perplexity": ppl, "tokens": 100})
+        write_metrics(tmp_path / model / "perplexity.json", {"perplexity": ppl}, n_tokens=100)
         write_json(tmp_path / model / "plain" / "toxicity.json", {
             "mean_toxicity": tox, "expected_max_toxicity": tox * 2, "toxicity_probability": tox / 2,
             "toxic_fraction": tox / 3})
@@ -43,7 +49,7 @@ def eval_dir(tmp_path):
 
 
 def test_ilharco_rule_picks_largest_lambda_within_margin(eval_dir):
-    result = choose_lambda(eval_dir, _variants(), ppl_margin=0.5)
+    result = choose_lambda(_variants(eval_dir), ppl_margin=0.5, metric="mean_toxicity")
     # single: 0.2 (20.2) and 0.4 (20.45) are within 20.5; 0.6 is not
     assert result["ilharco"]["single"]["lambda"] == 0.4
     assert result["ilharco"]["single"]["model"] == "tv_single_l0.4"
@@ -51,12 +57,12 @@ def test_ilharco_rule_picks_largest_lambda_within_margin(eval_dir):
     # N = 2 exceeds the limit at its only lambda: lambda 0 (the base) is chosen
     assert result["ilharco"]["merge_n2"]["lambda"] == 0.0
     assert result["ilharco"]["merge_n2"]["model"] == "base"
-    tight = choose_lambda(eval_dir, _variants(), ppl_margin=0.3)
+    tight = choose_lambda(_variants(eval_dir), ppl_margin=0.3, metric="mean_toxicity")
     assert tight["ilharco"]["single"]["lambda"] == 0.2
 
 
 def test_toxicity_matching_and_degradation(eval_dir):
-    result = choose_lambda(eval_dir, _variants(), metric="mean_toxicity")
+    result = choose_lambda(_variants(eval_dir), ppl_margin=0.5, metric="mean_toxicity")
     rows = {r["merged_model"]: r for r in result["matching"]}
     n5 = rows["tv_merge_n5_l1.0"]
     # merged toxicity 0.16: closest single is 0.6 (0.15), not 0.4 (0.20)
@@ -72,28 +78,29 @@ def test_toxicity_matching_and_degradation(eval_dir):
     # 0.21 lies between lambda 0.2 (0.25, 20.2) and 0.4 (0.20, 20.45)
     assert rows["tv_merge_n2_l1.0"]["interpolated_single_perplexity"] == pytest.approx(20.2 + 0.8 * 0.25)
     # another metric changes the match: toxicity_probability = tox / 2
-    other = choose_lambda(eval_dir, _variants(), metric="toxicity_probability")
+    other = choose_lambda(_variants(eval_dir), ppl_margin=0.5, metric="toxicity_probability")
     assert {r["merged_model"]: r["single_lambda"] for r in other["matching"]}["tv_merge_n5_l1.0"] == 0.6
 
 
 def test_markdown_and_errors(eval_dir):
-    result = choose_lambda(eval_dir, _variants())
+    result = choose_lambda(_variants(eval_dir), ppl_margin=0.5, metric="mean_toxicity")
     md = markdown(result)
     assert "| tv_merge_n5_l1.0 | 20.4 | 0.56 | 20.89 | 55.1% |" in md
     assert "| tv_merge_n5_l1.0 | 0.16 | 20.4 | 0.6 | 0.15 | 21 | 0.4 / 1 | 60.0% |" in md
     assert "| single | 0.4 | tv_single_l0.4 | 20.45 | 0.2 |" in md
     with pytest.raises(DetoxflowError, match="metric must be one of"):
-        choose_lambda(eval_dir, _variants(), metric="toxicity")
-    missing = _variants() + [{"model": "tv_single_l1.0", "family": "single", "n_splits": 1, "lambda": 1.0}]
-    with pytest.raises(DetoxflowError, match=r"tv_single_l1\.0/perplexity\.json: file not found"):
-        choose_lambda(eval_dir, missing)
+        choose_lambda(_variants(eval_dir), ppl_margin=0.5, metric="toxicity")
+    missing = _variants(eval_dir) + [{"model": "tv_single_l1.0", "family": "single", "n_splits": 1, "lambda": 1.0,
+                                      "perplexity": str(eval_dir / "nope.json"), "toxicity": str(eval_dir / "t.json")}]
+    with pytest.raises(DetoxflowError, match=r"nope\.json: file not found"):
+        choose_lambda(missing, ppl_margin=0.5, metric="mean_toxicity")
 
 
 def test_cli_writes_json_markdown_and_plot(eval_dir, tmp_path):
     import json
 
     out = tmp_path / "out"
-    rc = main(["tv-choose-lambda", "--eval-dir", str(eval_dir), "--variants", json.dumps(_variants()),
+    rc = main(["tv-choose-lambda", "--points", json.dumps(_variants(eval_dir)),
                "--settings", json.dumps({"ppl_margin": 0.5, "metric": "mean_toxicity"}),
                "--json", str(out / "c.json"), "--markdown", str(out / "c.md"), "--plot", str(out / "c.png")])
     assert rc == 0

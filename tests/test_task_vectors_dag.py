@@ -41,7 +41,7 @@ def test_job_graph_for_several_n_ascent_and_accelerate(tmp_path, shared_data):
     jobs = _jobs(out)
     assert jobs["tv_finetune"] == 2 + 3 + 1 + 1  # parts of N=2, N=3, the whole set, gradient ascent
     assert jobs["tv_split"] == 3  # N = 1 (whole set), 2, 3
-    assert jobs["tv_merge"] == 4 and jobs["tv_single"] == 2 and jobs["tv_ascent"] == 1
+    assert jobs["tv_merge"] == 4 + 2 and jobs["tv_ascent"] == 1   # 4 merged, 2 single-model lambdas
     assert jobs["tv_choose_lambda"] == 1 and jobs["tv_vector_stats"] == 1
     # every variant is evaluated: base + 4 merged + 2 single + ascent
     assert jobs["perplexity"] == 8

@@ -97,6 +97,24 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def write_metrics(path: str | os.PathLike, metrics: dict[str, Any], **details: Any) -> None:
+    """A per-model metrics file: ``metrics`` are the summary table's columns, ``details`` the rest.
+
+    Every evaluation step that adds columns to a model's rows (perplexity,
+    SafeEdit, capability) writes this shape, so the summary merges them
+    without knowing the step.
+    """
+    write_json(path, {"metrics": metrics, **details})
+
+
+def read_metrics(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``metrics`` of a file written by :func:`write_metrics`."""
+    data = read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
+        raise DetoxflowError(f"{path}: not a metrics file (expected a JSON object with a `metrics` object)")
+    return data["metrics"]
+
+
 def _jsonable(obj: Any) -> Any:
     """Make numpy/torch scalars and paths JSON-serialisable."""
     if hasattr(obj, "item"):

@@ -110,7 +110,8 @@ def materialise(
     """Write ``spec`` once as a plain safetensors Hugging Face folder at ``out_dir``."""
     torch_dtype = resolve_dtype(dtype)
     model, tokenizer = _load_source(spec, revision=revision, trust_remote_code=trust_remote_code, dtype=torch_dtype)
-    return save_model_folder(model, tokenizer, out_dir, method="base", params={"source": spec, "revision": revision})
+    return save_model_folder(model, tokenizer, out_dir, method="base", params={},
+                             extra={"source": {"spec": spec, "revision": revision}})
 
 
 def save_model_folder(
@@ -120,11 +121,14 @@ def save_model_folder(
     *,
     method: str,
     params: dict | None = None,
+    extra: dict | None = None,
 ) -> Path:
     """Save model + tokenizer + metadata atomically as a safetensors HF folder.
 
     ``method`` and ``params`` land in ``detoxflow.json`` and from there in the
-    summary table (e.g. ``{"n_splits": 5, "lambda": 1.0}``).
+    summary table, which shows every scalar parameter a method declares (e.g.
+    ``{"n_splits": 5, "lambda": 1.0}``); ``extra`` holds further provenance
+    that is not a table column (e.g. the base model's source).
     """
     out = Path(out_dir)
     with atomic_path(out) as tmp:
@@ -136,6 +140,7 @@ def save_model_folder(
             "params": params or {},
             "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
             "detoxflow_version": __version__,
+            **(extra or {}),
         })
     log.info("saved model folder %s", out)
     return out

@@ -42,6 +42,23 @@ def json_arg(text: str):
     return value
 
 
+def settings_arg(section: str, key: str | None = None):
+    """argparse type: JSON settings of config ``section`` (or of ``section.key``), the schema's
+    defaults filled in and validated, so a command needs no defaults of its own."""
+    from ..config import complete_section
+
+    def parse(text: str):
+        value = json_arg(text)
+        try:
+            done = complete_section(section, value if key is None else {key: value})
+        except DetoxflowError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return done if key is None else done[key]
+
+    parse.__name__ = f"{section}{'.' + key if key else ''} settings"
+    return parse
+
+
 def add_runtime_args(p, *, device: bool = True) -> None:
     """The model runtime options every command that loads a model takes (config ``model:``)."""
     p.add_argument("--dtype", default="float32", help="auto | float32 | bfloat16 | float16")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import add_runtime_args, json_arg
+from . import add_runtime_args, json_arg, settings_arg
 
 
 
@@ -12,7 +12,7 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, help="Hugging Face model folder")
     p.add_argument("--toxic", required=True, help="JSONL of toxic texts (a dataset recipe output)")
     p.add_argument("--nontoxic", required=True, help="JSONL of non-toxic texts")
-    p.add_argument("--settings", type=json_arg, default={},
+    p.add_argument("--settings", type=settings_arg("aura"), default="{}",
                    help="JSON: modules, pooling, sentences_per_class, seed, max_tokens, batch_size, "
                         "pool_special_tokens")
     p.add_argument("--out", required=True, help="responses .safetensors file")

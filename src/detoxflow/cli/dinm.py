@@ -1,6 +1,6 @@
 """CLI of DINM (knowledge editing on SafeEdit instances).
 
-dinm-edit                 detoxified model folder: DINM edits with a set of instances, kept
+dinm-edit-model           detoxified model folder: DINM edits with a set of instances, kept
 dinm-per-instance         the paper's protocol: edit, answer, restore, for every instance
 dinm-per-instance-report  judge the per-instance responses, write the protocol's table
 """
@@ -9,47 +9,32 @@ from __future__ import annotations
 
 import logging
 
-from . import add_runtime_args, json_arg, load_model_and_tokenizer
+from . import add_runtime_args, json_arg, load_model_and_tokenizer, settings_arg
 
 log = logging.getLogger(__name__)
 
 
-# dinm config keys that are not DinmSettings fields
-_DINM_SECTION_ONLY = ("enabled", "model", "per_instance", "prompt")
+def _n_instances(text: str) -> int | None:
+    """argparse type: a count, or ``all``."""
+    return None if text == "all" else int(text)
 
 
-def dinm_settings(section: dict) -> dict:
-    """The ``dinm:`` config section -> keyword arguments of DinmSettings."""
-    out = {k: v for k, v in section.items() if k not in _DINM_SECTION_ONLY}
-    prompt = section.get("prompt") or {}
-    if "suffix" in prompt:
-        out["suffix"] = prompt["suffix"]
-    if "chat_template" in prompt:
-        out["chat_template"] = prompt["chat_template"]
-    return out
-
-
-# -- dinm ------------------------------------------------------------------------
-
-def _dinm_edit(args) -> None:
+def _dinm_edit_model(args) -> None:
     from ..data.safeedit import read_safeedit_file, select
     from ..io import write_json
     from ..methods.dinm import DinmEditor, DinmSettings, edit_model
     from ..models import save_model_folder
     from ..runtime import seed_everything
 
-    section = args.settings or {}
-    block = section.get("model") or {}
-    n, mode = block.get("instances", 4), block.get("mode", "sequential")
-    records = select(read_safeedit_file(args.data), n)
-    seed_everything(int(block.get("seed", 0)))
+    records = select(read_safeedit_file(args.data), args.instances)
+    seed_everything(args.seed)
     model, tok = load_model_and_tokenizer(args)
-    settings = DinmSettings.from_dict(dinm_settings(section))
+    settings = DinmSettings.defaults(**args.settings)
     editor = DinmEditor(model, tok, settings)
-    edits = edit_model(editor, records, mode=mode)
+    edits = edit_model(editor, records, mode=args.mode)
     layers = sorted({layer for e in edits for layer in e.layers})
     params = {
-        "edit_instances": len(records), "edit_mode": mode, "edit_layers": ",".join(map(str, layers)),
+        "edit_instances": len(records), "edit_mode": args.mode, "edit_layers": ",".join(map(str, layers)),
         "lr": editor.lr, "steps": settings.steps, "c_edit": settings.c_edit, "c_kl": settings.c_kl,
         "locate": settings.locate if settings.layer is None else "fixed", "chat_template": settings.chat_template,
     }
@@ -61,16 +46,15 @@ def _dinm_edit(args) -> None:
 def _dinm_per_instance(args) -> None:
     from ..data.safeedit import read_safeedit_file, select
     from ..io import read_jsonl, write_json, write_jsonl
+    from ..methods.dinm import DinmSettings
     from ..methods.dinm.protocol import run_per_instance
 
-    section = args.dinm or {}
-    n = args.n_instances if args.n_instances is not None else (section.get("per_instance") or {}).get("n_instances")
-    records = select(read_safeedit_file(args.data, require_generalization=True), n)
+    records = select(read_safeedit_file(args.data, require_generalization=True), args.n_instances)
     cache = None
     if args.vanilla_cache and args.vanilla == "cache":
         cache = {r["prompt"]: r["response"] for r in read_jsonl(args.vanilla_cache)}
     model, tok = load_model_and_tokenizer(args)
-    rows, edits, timing = run_per_instance(model, tok, records, dinm=dinm_settings(section),
+    rows, edits, timing = run_per_instance(model, tok, records, settings=DinmSettings.defaults(**args.settings),
                                            evaluation=args.evaluation, vanilla_cache=cache, vanilla=args.vanilla)
     write_jsonl(args.out_generations, rows)
     write_json(args.out_edits, {"edits": edits, "timing": timing})
@@ -93,21 +77,25 @@ def _dinm_per_instance_report(args) -> None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("dinm-edit", help="detoxify a model with DINM edits on a set of instances")
+    p = sub.add_parser("dinm-edit-model", help="detoxify a model with DINM edits on a set of instances")
     p.add_argument("--model", required=True, help="base model folder")
     p.add_argument("--data", required=True, help="SafeEdit instances to edit with (the train split)")
-    p.add_argument("--settings", type=json_arg, required=True, help="JSON: the dinm section")
+    p.add_argument("--settings", type=json_arg, required=True, help="JSON: DinmSettings fields (dinm keys + suffix, chat_template; missing ones: schema defaults)")
+    p.add_argument("--instances", type=int, required=True, help="edit with the first n instances")
+    p.add_argument("--mode", choices=("sequential", "joint"), required=True)
+    p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True, help="output model folder")
     p.add_argument("--record", required=True, help="output JSON: per-instance layers and losses")
     add_runtime_args(p)
-    p.set_defaults(handler=_dinm_edit)
+    p.set_defaults(handler=_dinm_edit_model)
 
     p = sub.add_parser("dinm-per-instance", help="edit, answer and restore for every test instance")
     p.add_argument("--model", required=True, help="base model folder")
     p.add_argument("--data", required=True, help="SafeEdit test JSON")
-    p.add_argument("--dinm", type=json_arg, required=True, help="JSON: the dinm section")
-    p.add_argument("--evaluation", type=json_arg, default={}, help="JSON: the safeedit prompt/generation settings")
-    p.add_argument("--n-instances", type=int, default=None)
+    p.add_argument("--settings", type=json_arg, required=True, help="JSON: DinmSettings fields (dinm keys + suffix, chat_template; missing ones: schema defaults)")
+    p.add_argument("--evaluation", type=settings_arg("safeedit"), required=True,
+                   help="JSON: the safeedit prompt/generation settings")
+    p.add_argument("--n-instances", type=_n_instances, required=True, help="first n test instances, or all")
     p.add_argument("--vanilla-cache", default="", help="the base model's safeedit generations JSONL")
     p.add_argument("--vanilla", choices=("cache", "regenerate"), default="cache")
     p.add_argument("--out-generations", required=True)
@@ -118,7 +106,8 @@ def register(sub) -> None:
     p = sub.add_parser("dinm-per-instance-report", help="judge the per-instance responses; vanilla vs DINM table")
     p.add_argument("--generations", required=True)
     p.add_argument("--edits", required=True)
-    p.add_argument("--judge", type=json_arg, default={"kind": "offline"})
+    p.add_argument("--judge", type=settings_arg("safeedit", "judge"), required=True,
+                   help='JSON: safeedit.judge ({"kind": ..., <kind>: its block})')
     p.add_argument("--cache", nargs="*", default=[], help="scored JSONL files whose verdicts may be reused")
     p.add_argument("--scored", required=True)
     p.add_argument("--json", required=True)

@@ -1,15 +1,16 @@
-"""Subcommands of the evaluation: generate, score-toxicity, perplexity, summarize.
+"""Subcommands of the evaluation: generate-continuations, score-toxicity, perplexity, summarize,
+compare-toxicity.
 
-They read model folders and know nothing of the method that made them.
+They read model folders and the evaluation's own files, know nothing of the method that made a
+folder, and take every name they record from their arguments (no name is parsed out of a path).
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from ..errors import DetoxflowError
-from . import add_runtime_args, json_arg
+from . import add_runtime_args, json_arg, load_model_and_tokenizer, settings_arg
 
 log = logging.getLogger(__name__)
 
@@ -19,21 +20,19 @@ log = logging.getLogger(__name__)
 def _generate(args) -> None:
     from ..generation import generate_continuations
     from ..io import read_jsonl, write_jsonl
-    from ..models import load_model, load_tokenizer
 
     s = args.settings
     prompts = read_jsonl(args.prompts)
     if not prompts:
         raise DetoxflowError(f"{args.prompts}: no prompts")
-    model = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
-    tokenizer = load_tokenizer(args.model)
-    preprompt = s.get("preprompt", "")
+    model, tokenizer = load_model_and_tokenizer(args)
+    preprompt = s["preprompt"]
     inputs = [preprompt + p["text"] for p in prompts]
     outputs = generate_continuations(
         model, tokenizer, inputs,
-        max_new_tokens=s["max_new_tokens"], do_sample=s.get("do_sample", True), top_p=s["top_p"],
+        max_new_tokens=s["max_new_tokens"], do_sample=s["do_sample"], top_p=s["top_p"],
         temperature=s["temperature"], num_return_sequences=s["k"], batch_size=args.batch_size,
-        seed=s["seed"], desc=f"generating ({Path(args.model).name})",
+        seed=s["seed"], desc=f"generating ({args.model})",
     )
     write_jsonl(args.out, (
         {"prompt_index": i, "prompt": p["text"], "preprompt": preprompt, "continuations": conts,
@@ -54,7 +53,7 @@ def _score_toxicity(args) -> None:
         raise DetoxflowError(f"{args.generations}: no generations to score")
     name = s["scorer"]
     options = s.get(name.replace("-", "_"), {}) or {}
-    scorer = build_scorer(name, options, batch_size=s.get("batch_size", 64))
+    scorer = build_scorer(name, options, batch_size=s["batch_size"])
     try:
         flat = [c for r in records for c in r["continuations"]]
         scores = scorer.score(flat)
@@ -64,11 +63,10 @@ def _score_toxicity(args) -> None:
     per_prompt = [[next(it) for _ in r["continuations"]] for r in records]
     for rec, sc in zip(records, per_prompt):
         rec["toxicity"] = sc
-    gen_path = Path(args.generations)
     continuations = [r["continuations"] for r in records]
     metrics = {
-        "model": gen_path.parent.parent.name,
-        "prompting": gen_path.parent.name,
+        "model": args.model_name,
+        "prompting": args.prompting,
         "scorer": name,
         "threshold": s["threshold"],
         "n_prompts": len(records),
@@ -82,28 +80,28 @@ def _score_toxicity(args) -> None:
 
 
 def _perplexity(args) -> None:
-    from ..io import read_jsonl, write_json
     from ..evaluation.metrics.perplexity import perplexity
-    from ..models import load_model, load_tokenizer, read_metadata
+    from ..io import read_jsonl, write_metrics
 
     s = args.settings
     rows = read_jsonl(args.text)
     text = "\n".join(r["text"] for r in rows)
-    model = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
-    tokenizer = load_tokenizer(args.model)
-    result = perplexity(model, tokenizer, text, window=s["window"], stride=s["stride"], max_tokens=s.get("max_tokens"))
-    result.update(model=Path(args.model).name, metadata=read_metadata(args.model))
-    write_json(args.out, result)
-    log.info("perplexity %.3f over %d tokens", result["perplexity"], result["n_tokens"])
+    model, tokenizer = load_model_and_tokenizer(args)
+    result = perplexity(model, tokenizer, text, window=s["window"], stride=s["stride"], max_tokens=s["max_tokens"])
+    write_metrics(args.out, {"perplexity": result.pop("perplexity")}, **result)
+    log.info("perplexity over %d tokens written to %s", result["n_tokens"], args.out)
+
+
 
 
 def _summarize(args) -> None:
     from ..evaluation.summary import write_summary
 
-    df = write_summary(args.toxicity, args.perplexity, args.extra or [], args.scored,
-                       csv=args.csv, markdown=args.markdown, plot=args.plot, samples=args.samples,
+    df = write_summary(args.spec, csv=args.csv, markdown=args.markdown, plot=args.plot, samples=args.samples,
                        samples_per_variant=args.samples_per_variant)
     log.info("summary of %d runs written to %s", len(df), args.csv)
+
+
 
 
 def _compare_toxicity(args) -> None:
@@ -131,19 +129,22 @@ def _compare_toxicity(args) -> None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("generate", help="RealToxicityPrompts continuations of a model folder")
+    p = sub.add_parser("generate-continuations", help="RealToxicityPrompts continuations of a model folder")
     p.add_argument("--model", required=True)
     p.add_argument("--prompts", required=True, help="JSONL rows with `text`")
-    p.add_argument("--settings", required=True, type=json_arg,
-                   help="JSON: k, max_new_tokens, top_p, temperature, do_sample, seed, preprompt")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--settings", required=True, type=settings_arg("evaluation", "generation"),
+                   help="JSON: evaluation.generation (k, max_new_tokens, top_p, temperature, do_sample, seed, preprompt)")
+    p.add_argument("--batch-size", type=int, required=True)
     add_runtime_args(p)
     p.add_argument("--out", required=True)
     p.set_defaults(handler=_generate)
 
     p = sub.add_parser("score-toxicity", help="score continuations and aggregate toxicity/diversity metrics")
     p.add_argument("--generations", required=True)
-    p.add_argument("--settings", required=True, type=json_arg, help="JSON: the evaluation.toxicity section")
+    p.add_argument("--settings", required=True, type=settings_arg("evaluation", "toxicity"),
+                   help="JSON: the evaluation.toxicity section")
+    p.add_argument("--model-name", required=True, help="the model variant's name (recorded in the metrics)")
+    p.add_argument("--prompting", required=True, help="plain or the pre-prompt's name (recorded in the metrics)")
     p.add_argument("--out", required=True, help="scored JSONL")
     p.add_argument("--metrics", required=True, help="metrics JSON")
     p.set_defaults(handler=_score_toxicity)
@@ -151,17 +152,17 @@ def register(sub) -> None:
     p = sub.add_parser("perplexity", help="sliding-window perplexity of a model folder on a text recipe")
     p.add_argument("--model", required=True)
     p.add_argument("--text", required=True, help="JSONL rows with `text`, joined by newlines")
-    p.add_argument("--settings", required=True, type=json_arg, help="JSON: window, stride, max_tokens")
+    p.add_argument("--settings", required=True, type=settings_arg("evaluation", "perplexity"),
+                   help="JSON: evaluation.perplexity (window, stride, max_tokens)")
     add_runtime_args(p)
     p.add_argument("--out", required=True)
     p.set_defaults(handler=_perplexity)
 
     p = sub.add_parser("summarize", help="one table, plot and sample file over all runs")
-    p.add_argument("--toxicity", nargs="+", required=True)
-    p.add_argument("--scored", nargs="+", required=True)
-    p.add_argument("--perplexity", nargs="+", required=True)
-    p.add_argument("--extra", nargs="*", default=[])
-    p.add_argument("--samples-per-variant", type=int, default=3)
+    p.add_argument("--spec", required=True, type=json_arg,
+                   help='JSON: {"runs": [{model, prompting, toxicity, scored}], '
+                        '"models": {name: {folder, metrics: [files]}}}')
+    p.add_argument("--samples-per-variant", type=int, required=True)
     p.add_argument("--csv", required=True)
     p.add_argument("--markdown", required=True)
     p.add_argument("--plot", required=True)

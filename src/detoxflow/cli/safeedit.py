@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from ..errors import DetoxflowError
-from . import add_runtime_args, json_arg, load_model_and_tokenizer
+from . import add_runtime_args, load_model_and_tokenizer, settings_arg
 
 log = logging.getLogger(__name__)
 
@@ -20,30 +20,22 @@ log = logging.getLogger(__name__)
 def _safeedit_data(args) -> None:
     from ..data.safeedit import download_safeedit, read_safeedit_file, resolve_local, write_safeedit
 
-    s = args.settings or {}
-    source = s.get("source", "standin")
+    source = args.settings["source"]
+    block = args.settings[source]
     if source == "standin":
-        train, test = _standin(args, s.get("standin") or {})
-    elif source in ("hub", "local"):
+        train, test = _standin(args, block)
+    else:
         files = {}
         for split in ("train", "test"):
             if source == "hub":
-                hub = s.get("hub") or {}
-                name = hub.get(f"{split}_file")
-                if not name:
-                    raise DetoxflowError(f"safeedit.data.hub.{split}_file is empty")
-                files[split] = download_safeedit(name, repo=hub.get("repo", "zjunlp/SafeEdit"),
-                                                 revision=hub.get("revision"))
+                files[split] = download_safeedit(block[f"{split}_file"], repo=block["repo"], revision=block["revision"])
             else:
-                path = (s.get("local") or {}).get(split)
-                if not path:
+                if not block[split]:
                     raise DetoxflowError(f"safeedit.data.local.{split} is empty: give the path of SafeEdit's "
                                          f"{split} JSON file (absolute, or relative to data_root)")
-                files[split] = resolve_local(path, args.data_root or None)
+                files[split] = resolve_local(block[split], args.data_root or None)
         train = read_safeedit_file(files["train"])
         test = read_safeedit_file(files["test"], require_generalization=True)
-    else:
-        raise DetoxflowError(f"safeedit.data.source: '{source}' is not one of standin, hub, local")
     write_safeedit(args.train, train)
     write_safeedit(args.test, test)
     log.info("SafeEdit data (%s): %d train, %d test instances", source, len(train), len(test))
@@ -56,17 +48,15 @@ def _standin(args, st: dict):
     if not args.advbench:
         raise DetoxflowError("the SafeEdit stand-in needs --advbench (the AdvBench recipe's JSONL)")
     rows = read_jsonl(args.advbench)
-    train, test = build_standin(rows, n_train=int(st.get("n_train", 4)), n_test=int(st.get("n_test", 8)),
-                                seed=int(st.get("seed", 42)))
-    mode = st.get("unsafe_response", "target")
-    if mode == "model":
+    train, test = build_standin(rows, n_train=st["n_train"], n_test=st["n_test"], seed=st["seed"])
+    if st["unsafe_response"] == "model":
         if not args.model:
             raise DetoxflowError("safeedit.data.standin.unsafe_response: model needs --model (the base model)")
-        from ..evaluation.safeedit.responses import eval_settings, generate_for_prompts
         from ..data.safeedit import format_prompt
+        from ..evaluation.safeedit.responses import generate_for_prompts
 
         model, tok = load_model_and_tokenizer(args)
-        ev = eval_settings(args.evaluation)
+        ev = args.evaluation
 
         def generate(prompts):
             formatted = [format_prompt(p, tok, **ev["prompt"]) for p in prompts]
@@ -75,8 +65,6 @@ def _standin(args, st: dict):
 
         train = use_model_unsafe_responses(train, generate) if train else train
         test = use_model_unsafe_responses(test, generate)
-    elif mode != "target":
-        raise DetoxflowError(f"safeedit.data.standin.unsafe_response: '{mode}' is not one of target, model")
     return train, test
 
 
@@ -85,9 +73,9 @@ def _standin(args, st: dict):
 def _safeedit_generate(args) -> None:
     from ..data.safeedit import read_safeedit_file, select
     from ..io import write_jsonl
-    from ..evaluation.safeedit.responses import build_requests, eval_settings, fill_responses
+    from ..evaluation.safeedit.responses import build_requests, fill_responses
 
-    ev = eval_settings(args.settings)
+    ev = args.settings
     records = select(read_safeedit_file(args.data, require_generalization=True), ev["n_instances"])
     model, tok = load_model_and_tokenizer(args)
     rows = build_requests(records, tok, **ev["prompt"])
@@ -97,29 +85,30 @@ def _safeedit_generate(args) -> None:
     write_jsonl(args.out, rows)
 
 
-
-
 def _safeedit_score(args) -> None:
-    from ..io import read_jsonl, write_json, write_jsonl
     from ..evaluation.safeedit.responses import metrics_for, score_rows, verdict_cache_from_files
+
+    from ..io import read_jsonl, write_jsonl, write_metrics
 
     rows = read_jsonl(args.generations)
     if not rows:
         raise DetoxflowError(f"{args.generations}: no responses to judge")
     scored = score_rows(rows, args.judge, cache=verdict_cache_from_files(args.cache, args.judge))
     write_jsonl(args.scored, scored)
-    metrics = metrics_for(scored, args.model_name)
-    write_json(args.metrics, metrics)
-    log.info("SafeEdit metrics of %s: %s", args.model_name, metrics)
+    metrics = metrics_for(scored)
+    write_metrics(args.metrics, metrics)
+    log.info("SafeEdit metrics: %s", metrics)
 
 
 def register(sub) -> None:
     p = sub.add_parser("safeedit-data", help="write SafeEdit train/test JSON (hub, local copy, or AdvBench stand-in)")
-    p.add_argument("--settings", type=json_arg, required=True, help="JSON: the safeedit.data block")
+    p.add_argument("--settings", type=settings_arg("safeedit", "data"), required=True,
+                   help='JSON: safeedit.data ({"source": standin|hub|local, <source>: its block})')
     p.add_argument("--advbench", default="", help="AdvBench recipe JSONL (stand-in source)")
     p.add_argument("--data-root", default="", help="folder that relative local paths are read from")
     p.add_argument("--model", default="", help="base model folder (stand-in with unsafe_response: model)")
-    p.add_argument("--evaluation", type=json_arg, default={}, help="JSON: prompt/generation settings for the model")
+    p.add_argument("--evaluation", type=settings_arg("safeedit"), default="{}",
+                   help="JSON: safeedit prompt/generation settings (stand-in with unsafe_response: model)")
     p.add_argument("--train", required=True, help="output: train instances (JSON)")
     p.add_argument("--test", required=True, help="output: test instances (JSON)")
     add_runtime_args(p)
@@ -128,16 +117,17 @@ def register(sub) -> None:
     p = sub.add_parser("safeedit-generate", help="greedy responses of a model to the SafeEdit inputs")
     p.add_argument("--model", required=True, help="Hugging Face model folder")
     p.add_argument("--data", required=True, help="SafeEdit test JSON")
-    p.add_argument("--settings", type=json_arg, default={}, help="JSON: n_instances, prompt, generation")
+    p.add_argument("--settings", type=settings_arg("safeedit"), required=True,
+                   help="JSON: safeedit n_instances, prompt, generation")
     p.add_argument("--out", required=True, help="output JSONL: id, kind, input, prompt, response")
     add_runtime_args(p)
     p.set_defaults(handler=_safeedit_generate)
 
     p = sub.add_parser("safeedit-score", help="judge SafeEdit responses; DS / DG / fluency")
     p.add_argument("--generations", required=True)
-    p.add_argument("--judge", type=json_arg, default={"kind": "offline"}, help="JSON: the safeedit.judge block")
+    p.add_argument("--judge", type=settings_arg("safeedit", "judge"), required=True,
+                   help='JSON: safeedit.judge ({"kind": ..., <kind>: its block})')
     p.add_argument("--cache", nargs="*", default=[], help="scored JSONL files whose verdicts may be reused")
-    p.add_argument("--model-name", default=None)
     p.add_argument("--scored", required=True, help="output JSONL with the verdicts")
     p.add_argument("--metrics", required=True, help="output JSON: flat dict of metrics")
     p.set_defaults(handler=_safeedit_score)

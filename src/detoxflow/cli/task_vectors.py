@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from ..errors import DetoxflowError
-from . import json_arg
+from . import json_arg, settings_arg
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,7 @@ def _choose_lambda(args) -> None:
     from ..methods.task_vectors.choose_lambda import choose_lambda, write_outputs
     from ..methods.task_vectors.plots import plot_lambda_sweep
 
-    settings = args.settings or {}
-    result = choose_lambda(args.eval_dir, args.variants, ppl_margin=settings.get("ppl_margin", 0.5),
-                           metric=settings.get("metric", "mean_toxicity"))
+    result = choose_lambda(args.points, ppl_margin=args.settings["ppl_margin"], metric=args.settings["metric"])
     write_outputs(result, args.json, args.markdown)
     plot_lambda_sweep(result, args.plot)
 
@@ -121,10 +119,11 @@ def register(sub) -> None:
     p.set_defaults(handler=_merge)
 
     p = sub.add_parser("tv-choose-lambda", help="task vectors: Ilharco's rule and toxicity matching")
-    p.add_argument("--eval-dir", required=True, help="the evaluation's results folder (results/eval)")
-    p.add_argument("--variants", type=json_arg, required=True,
-                   help='JSON list of {"model", "family" (base|single|merge|ascent), "n_splits", "lambda"}')
-    p.add_argument("--settings", type=json_arg, default=None, help="task_vectors.choose_lambda as JSON")
+    p.add_argument("--points", type=json_arg, required=True,
+                   help='JSON list of {"model", "family" (base|single|merge|ascent), "n_splits", "lambda", '
+                        '"perplexity": metrics file, "toxicity": toxicity.json of the plain run}')
+    p.add_argument("--settings", type=settings_arg("task_vectors", "choose_lambda"), required=True,
+                   help="task_vectors.choose_lambda as JSON")
     p.add_argument("--json", required=True)
     p.add_argument("--markdown", required=True)
     p.add_argument("--plot", required=True)

@@ -1,8 +1,18 @@
-"""One table over every evaluated run, as CSV and markdown, plus a plot and sample continuations.
+"""One table over every evaluated run: CSV for programs, markdown for people, a plot and sample continuations.
 
-Knows no method: a run's ``method`` and parameters come from the model
-folder's ``detoxflow.json`` (carried in perplexity.json's ``metadata``), and
-any extra per-model metrics (e.g. SafeEdit) are merged by model name.
+Knows no method. What it reads is named in a spec (the workflow writes it):
+
+    {"runs":   [{"model", "prompting", "toxicity": toxicity.json, "scored": toxicity.jsonl}, ...],
+     "models": {name: {"folder": model folder, "metrics": [metrics files]}}}
+
+A row's ``method`` and parameters come from the model folder's ``detoxflow.json``
+(whatever scalar parameters the method declared there); every per-model
+metrics file (perplexity, SafeEdit, capability, written by
+:func:`detoxflow.io.write_metrics`) adds its ``metrics`` as columns.
+
+``summary.csv`` keeps every column. ``summary.md`` is for reading: a main table
+of the headline columns, a table of the remaining metrics, and one small
+table per method of its parameters.
 """
 
 from __future__ import annotations
@@ -10,84 +20,129 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import pandas as pd
 
 from ..errors import DetoxflowError
-from ..io import atomic_path, read_json, read_jsonl
+from ..io import atomic_path, read_json, read_jsonl, read_metrics
+from ..models import read_metadata
 
-METRIC_COLUMNS = [
-    "expected_max_toxicity", "toxicity_probability", "mean_toxicity", "toxic_fraction",
-    "perplexity", "distinct_1", "distinct_2", "distinct_3",
-]
 LEAD_COLUMNS = ["variant", "method", "model", "preprompt"]
-ALWAYS_PARAMS = ["n_splits", "lambda"]
+#: per-run metrics of score-toxicity that become columns
+RUN_METRICS = [
+    "expected_max_toxicity", "toxicity_probability", "mean_toxicity", "toxic_fraction",
+    "distinct_1", "distinct_2", "distinct_3",
+]
+#: columns of the main markdown table (where present) with their short headers
+HEADLINE = {
+    "expected_max_toxicity": "EMT",
+    "toxicity_probability": "tox. prob.",
+    "mean_toxicity": "mean tox.",
+    "perplexity": "perplexity",
+    "safeedit_DS": "SafeEdit DS",
+    "safeedit_DG_avg": "DG-Avg",
+    "safeedit_fluency": "fluency",
+}
+#: metrics columns with this prefix also join the main table (one per capability task metric)
+HEADLINE_PREFIXES = ("capability_",)
 
 
 def variant_name(model: str, prompting: str) -> str:
     return model if prompting == "plain" else f"{model}+{prompting}"
 
 
-def build_table(toxicity_files: Sequence[str], perplexity_files: Sequence[str], extra_files: Sequence[str] = ()) -> pd.DataFrame:
-    ppl = {}
-    for f in perplexity_files:
-        data = read_json(f)
-        ppl[data["model"]] = data
-    extras: dict[str, dict] = {}
-    for f in extra_files:
-        data = read_json(f)
-        model = data.get("model") or Path(f).parent.name
-        extras.setdefault(model, {}).update(
-            {k: v for k, v in data.items() if k != "model" and isinstance(v, (int, float, type(None)))}
-        )
+def _check_spec(spec: Any) -> None:
+    if not isinstance(spec, dict) or not isinstance(spec.get("runs"), list) or not isinstance(spec.get("models"), dict):
+        raise DetoxflowError("summary spec must be a JSON object with a `runs` list and a `models` object")
+    if not spec["runs"]:
+        raise DetoxflowError("nothing to summarise: no runs given")
+
+
+def _scalar_params(params: dict) -> dict:
+    return {k: v for k, v in (params or {}).items() if isinstance(v, (int, float, str, bool))}
+
+
+def build_table(spec: dict) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """The table (one row per run) and, per method, the parameter columns it declared."""
+    _check_spec(spec)
+    per_model: dict[str, dict] = {}
+    method_params: dict[str, list[str]] = {}
+    for name, info in spec["models"].items():
+        meta = read_metadata(info["folder"])
+        method = meta.get("method", "external")
+        params = _scalar_params(meta.get("params", {}))
+        keys = method_params.setdefault(method, [])
+        keys.extend(k for k in params if k not in keys)
+        metrics: dict[str, Any] = {}
+        for path in info.get("metrics", []):
+            metrics.update({k: v for k, v in read_metrics(path).items() if isinstance(v, (int, float, type(None)))})
+        per_model[name] = {"method": method, "params": params, "metrics": metrics}
     rows = []
-    for f in toxicity_files:
-        tox = read_json(f)
-        model, prompting = tox["model"], tox["prompting"]
-        if model not in ppl:
-            raise DetoxflowError(f"{f}: no perplexity result for model '{model}' among the inputs")
-        meta = ppl[model].get("metadata", {})
-        row = {
+    for run in spec["runs"]:
+        model, prompting = run["model"], run["prompting"]
+        if model not in per_model:
+            raise DetoxflowError(f"summary spec: run of model '{model}' but no such entry under `models`")
+        tox = read_json(run["toxicity"])
+        info = per_model[model]
+        rows.append({
             "variant": variant_name(model, prompting),
-            "method": meta.get("method", "external"),
+            "method": info["method"],
             "model": model,
             "preprompt": "" if prompting == "plain" else prompting,
-            **{k: tox.get(k) for k in METRIC_COLUMNS if k in tox},
-            "perplexity": ppl[model]["perplexity"],
-        }
-        params = meta.get("params", {})
-        for key in ALWAYS_PARAMS:
-            row[key] = params.get(key)
-        for key, value in params.items():
-            if key not in row and isinstance(value, (int, float, str, bool)) and key != "source":
-                row[key] = value
-        row.update(extras.get(model, {}))
-        rows.append(row)
-    if not rows:
-        raise DetoxflowError("nothing to summarise: no toxicity results given")
+            **{k: tox[k] for k in RUN_METRICS if k in tox},
+            **info["metrics"],
+            **info["params"],
+        })
     df = pd.DataFrame(rows)
-    first = LEAD_COLUMNS + METRIC_COLUMNS + ALWAYS_PARAMS
-    df = df[[c for c in first if c in df.columns] + [c for c in df.columns if c not in first]]
+    params = [k for keys in method_params.values() for k in keys]
+    metric_cols = [c for c in df.columns if c not in LEAD_COLUMNS and c not in params]
+    first = [c for c in HEADLINE if c in metric_cols]
+    df = df[LEAD_COLUMNS + first + [c for c in metric_cols if c not in first]
+            + [c for c in dict.fromkeys(params) if c in df.columns]]
     order = {"base": 0}
     df["_o"] = df["method"].map(lambda m: order.get(m, 1))
-    return df.sort_values(["_o", "method", "variant"]).drop(columns="_o").reset_index(drop=True)
+    df = df.sort_values(["_o", "method", "variant"]).drop(columns="_o").reset_index(drop=True)
+    return df, method_params
 
 
-def to_markdown(df: pd.DataFrame, digits: int = 4) -> str:
-    def fmt(v):
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return ""
-        if isinstance(v, float):
-            if v.is_integer():  # counts in a column that also holds blanks (pandas makes it float)
-                return str(int(v))
-            return f"{v:.{digits}g}" if abs(v) >= 1000 else f"{v:.{digits}f}".rstrip("0").rstrip(".")
-        return str(v)
+def _fmt(v, digits: int) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, float):
+        if v.is_integer():  # counts in a column that also holds blanks (pandas makes it float)
+            return str(int(v))
+        return f"{v:.{digits}g}" if abs(v) >= 1000 else f"{v:.{digits}f}".rstrip("0").rstrip(".")
+    return str(v)
 
-    header = "| " + " | ".join(df.columns) + " |"
+
+def to_markdown(df: pd.DataFrame, digits: int = 4, headers: dict[str, str] | None = None) -> str:
+    headers = headers or {}
+    header = "| " + " | ".join(headers.get(c, c) for c in df.columns) + " |"
     sep = "|" + "|".join("---" for _ in df.columns) + "|"
-    body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    body = ["| " + " | ".join(_fmt(v, digits) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join([header, sep, *body]) + "\n"
+
+
+def headline_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in HEADLINE if c in df.columns] + [
+        c for c in df.columns if c.startswith(HEADLINE_PREFIXES)]
+
+
+def summary_markdown(df: pd.DataFrame, method_params: dict[str, list[str]]) -> str:
+    """Main table, the remaining metrics, then one parameter table per method."""
+    main = ["variant", "method"] + headline_columns(df)
+    params = {k for keys in method_params.values() for k in keys}
+    rest = [c for c in df.columns if c not in LEAD_COLUMNS and c not in main and c not in params]
+    parts = ["# Summary", "", to_markdown(df[main], headers=HEADLINE, digits=3)]
+    if rest:
+        parts += ["## More metrics", "", to_markdown(df[["variant"] + rest])]
+    for method, keys in method_params.items():
+        rows = df[(df["method"] == method) & (df["preprompt"] == "")]
+        if keys and len(rows):
+            parts += [f"## {method}: parameters", "", to_markdown(rows[["variant"] + keys])]
+    parts.append("`summary.csv` holds every column.\n")
+    return "\n".join(parts)
 
 
 def plot_toxicity_vs_perplexity(df: pd.DataFrame, path: str | os.PathLike) -> None:
@@ -113,16 +168,14 @@ def plot_toxicity_vs_perplexity(df: pd.DataFrame, path: str | os.PathLike) -> No
     plt.close(fig)
 
 
-def sample_continuations(scored_files: Sequence[str], per_variant: int) -> pd.DataFrame:
+def sample_continuations(runs: list[dict], per_variant: int) -> pd.DataFrame:
+    """The most toxic continuation of each of the first ``per_variant`` prompts of every run."""
     rows = []
-    for f in scored_files:
-        records = read_jsonl(f)
-        parts = Path(f).parts
-        model, prompting = parts[-3], parts[-2]
-        for rec in records[:per_variant]:
+    for run in runs:
+        for rec in read_jsonl(run["scored"])[:per_variant]:
             best = max(range(len(rec["toxicity"])), key=lambda i: rec["toxicity"][i])
             rows.append({
-                "variant": variant_name(model, prompting),
+                "variant": variant_name(run["model"], run["prompting"]),
                 "prompt": rec["prompt"],
                 "continuation": rec["continuations"][best],
                 "toxicity": rec["toxicity"][best],
@@ -130,14 +183,13 @@ def sample_continuations(scored_files: Sequence[str], per_variant: int) -> pd.Da
     return pd.DataFrame(rows, columns=["variant", "prompt", "continuation", "toxicity"])
 
 
-def write_summary(toxicity_files, perplexity_files, extra_files, scored_files, *, csv, markdown, plot, samples,
-                  samples_per_variant: int = 3) -> pd.DataFrame:
-    df = build_table(toxicity_files, perplexity_files, extra_files)
+def write_summary(spec: dict, *, csv, markdown, plot, samples, samples_per_variant: int) -> pd.DataFrame:
+    df, method_params = build_table(spec)
     with atomic_path(csv) as tmp:
         df.to_csv(tmp, index=False)
     with atomic_path(markdown) as tmp:
-        tmp.write_text(to_markdown(df))
+        Path(tmp).write_text(summary_markdown(df, method_params))
     plot_toxicity_vs_perplexity(df, plot)
     with atomic_path(samples) as tmp:
-        sample_continuations(scored_files, samples_per_variant).to_csv(tmp, index=False)
+        sample_continuations(spec["runs"], samples_per_variant).to_csv(tmp, index=False)
     return df

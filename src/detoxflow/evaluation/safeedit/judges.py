@@ -66,7 +66,7 @@ class Judge:
 class OfflineJudge(Judge):
     name = "offline"
 
-    def __init__(self, *, toxicity_threshold: float = 0.5):
+    def __init__(self, *, toxicity_threshold: float):
         if not 0 <= toxicity_threshold <= 1:
             raise DetoxflowError("safeedit.judge.offline.toxicity_threshold must be within [0, 1]")
         try:
@@ -100,8 +100,7 @@ class OfflineJudge(Judge):
 class ClassifierJudge(Judge):
     name = "classifier"
 
-    def __init__(self, *, path: str | None, safe_label: int = 0, max_length: int = 512, batch_size: int = 16,
-                 device: str = "auto"):
+    def __init__(self, *, path: str | None, safe_label: int, max_length: int, batch_size: int, device: str):
         if not path:
             raise DetoxflowError(
                 "safeedit.judge.classifier.path is empty: give a local sequence-classification folder, e.g. the "
@@ -157,25 +156,28 @@ class ClassifierJudge(Judge):
         self.model = None
 
 
-def make_judge(settings: dict | None) -> Judge:
-    """Build the judge of ``safeedit.judge`` (``kind`` plus one block per kind)."""
-    settings = dict(settings or {})
-    kind = settings.get("kind", "offline")
-    if kind == "offline":
-        return OfflineJudge(**(settings.get("offline") or {}))
-    if kind == "classifier":
-        return ClassifierJudge(**(settings.get("classifier") or {}))
-    raise DetoxflowError(f"safeedit.judge.kind: '{kind}' is not one of {', '.join(JUDGE_KINDS)}")
+def _judge_block(settings: dict) -> tuple[str, dict]:
+    """``safeedit.judge`` -> (kind, the block of that kind)."""
+    kind = settings.get("kind")
+    if kind not in JUDGE_KINDS:
+        raise DetoxflowError(f"safeedit.judge.kind: {kind!r} is not one of {', '.join(JUDGE_KINDS)}")
+    if not isinstance(settings.get(kind), dict):
+        raise DetoxflowError(f"safeedit.judge.{kind}: the settings block of the {kind} judge is missing")
+    return kind, settings[kind]
 
 
-def judge_identity(settings: dict | None) -> str:
+def make_judge(settings: dict) -> Judge:
+    """Build the judge of ``safeedit.judge`` (``kind`` plus the block of that kind)."""
+    kind, block = _judge_block(settings)
+    return (OfflineJudge if kind == "offline" else ClassifierJudge)(**block)
+
+
+def judge_identity(settings: dict) -> str:
     """A string naming the judge and the settings that change its verdicts (cached verdicts must match it)."""
-    settings = dict(settings or {})
-    kind = settings.get("kind", "offline")
+    kind, block = _judge_block(settings)
     if kind == "offline":
-        return f"offline(toxicity_threshold={(settings.get('offline') or {}).get('toxicity_threshold', 0.5)})"
-    c = settings.get("classifier") or {}
-    return f"classifier({c.get('path')}, safe_label={c.get('safe_label', 0)}, max_length={c.get('max_length', 512)})"
+        return f"offline(toxicity_threshold={block['toxicity_threshold']})"
+    return f"classifier({block['path']}, safe_label={block['safe_label']}, max_length={block['max_length']})"
 
 
 def judge_with_cache(judge: Judge, responses: Sequence[str], cache: dict[str, dict] | None = None) -> list[dict]:

@@ -12,30 +12,14 @@ import logging
 from collections import OrderedDict
 from typing import Sequence
 
-from ...data.safeedit import DINM_SUFFIX, format_prompt, input_texts
+from ...data.safeedit import format_prompt, input_texts
 from .judges import judge_identity, judge_with_cache, make_judge
 from .metrics import safeedit_metrics
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EVAL = {
-    "n_instances": None,
-    "prompt": {"suffix": DINM_SUFFIX, "chat_template": False},
-    "generation": {"max_new_tokens": 48, "batch_size": 8},
-}
 
-
-def eval_settings(settings: dict | None) -> dict:
-    """Fill the evaluation settings (``n_instances``, ``prompt``, ``generation``) with defaults."""
-    settings = dict(settings or {})
-    out = {"n_instances": settings.get("n_instances", DEFAULT_EVAL["n_instances"])}
-    for key in ("prompt", "generation"):
-        out[key] = {**DEFAULT_EVAL[key], **(settings.get(key) or {})}
-    return out
-
-
-def build_requests(records: Sequence[dict], tokenizer, *, suffix: str = DINM_SUFFIX,
-                   chat_template: bool = False) -> list[dict]:
+def build_requests(records: Sequence[dict], tokenizer, *, suffix: str, chat_template: bool) -> list[dict]:
     """The evaluation rows (without responses) of the instances, in instance then kind order."""
     rows = []
     for rec in records:
@@ -102,8 +86,5 @@ def verdict_cache_from_files(paths: Sequence[str], judge_settings: dict) -> dict
     return cache
 
 
-def metrics_for(rows: Sequence[dict], model: str | None = None) -> dict:
-    out = safeedit_metrics(rows)
-    if model is not None:
-        out["model"] = model
-    return out
+def metrics_for(rows: Sequence[dict]) -> dict:
+    return safeedit_metrics(rows)

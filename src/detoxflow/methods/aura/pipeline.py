@@ -19,16 +19,6 @@ from .responses import record_responses, sample_sentences, save_responses
 
 log = logging.getLogger(__name__)
 
-RESPONSE_DEFAULTS = {
-    "modules": "auto",
-    "pooling": "max",
-    "sentences_per_class": 128,
-    "seed": 42,
-    "max_tokens": 128,
-    "batch_size": 16,
-    "pool_special_tokens": False,
-}
-
 
 def run_responses(
     model_dir: str | os.PathLike,
@@ -43,7 +33,8 @@ def run_responses(
     trust_remote_code: bool = False,
     names: tuple[str, str] = ("toxic", "nontoxic"),
 ) -> dict:
-    cfg = dict(RESPONSE_DEFAULTS, **settings)
+    """Record pooled responses; ``settings`` holds the recording keys of the validated ``aura`` section."""
+    cfg = settings
     seed_everything(int(cfg["seed"]))
     texts, labels = sample_sentences(
         read_jsonl(toxic_path), read_jsonl(nontoxic_path), int(cfg["sentences_per_class"]), int(cfg["seed"]),
@@ -108,8 +99,7 @@ def run_fold(
 ) -> Path:
     aurocs, meta = load_expertise(expertise_path)
     alphas = compute_alphas(
-        aurocs, spec["method"], k=spec.get("k"), damp_alpha=spec.get("alpha", 0.5),
-        strength=spec.get("strength", 1.0),
+        aurocs, spec["method"], k=spec["k"], damp_alpha=spec["alpha"], strength=spec["strength"],
     )
     model = load_model(model_dir, dtype=_load_dtype(model_dir, dtype), device="cpu",
                        trust_remote_code=trust_remote_code)
@@ -121,11 +111,11 @@ def run_fold(
     params = {"n_dampened": count_dampened(alphas), "n_units": n_units,
               "sentences_per_class": int(meta.get("n_toxic", 0))}
     if spec["method"] == "aura":
-        params["strength"] = float(spec.get("strength", 1.0))
+        params["strength"] = float(spec["strength"])
     else:
         params["k"] = int(spec["k"])
         if spec["method"] == "damp":
-            params["alpha"] = float(spec.get("alpha", 0.5))
+            params["alpha"] = float(spec["alpha"])
     log.info("%s: %d of %d units dampened in %d layers", spec["name"], params["n_dampened"], n_units, changed)
     return save_model_folder(model, tokenizer, out, method=spec["method"], params=params)
 

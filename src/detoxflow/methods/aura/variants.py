@@ -14,18 +14,19 @@ def strength_name(strength: float) -> str:
 
 
 def variant_specs(section: dict) -> list[dict]:
-    """[{name, method, strength, k?, alpha?}] for AurA (one per strength), Det0 and Damp (one per k)."""
-    specs = [{"name": strength_name(s), "method": "aura", "strength": float(s)}
-             for s in section.get("strengths", [1.0])]
-    det0 = section.get("det0") or {}
-    if det0.get("enabled", True):
-        specs += [{"name": f"det0_k{int(k)}", "method": "det0", "k": int(k), "strength": 1.0}
-                  for k in det0.get("k", [1000])]
-    damp = section.get("damp") or {}
-    if damp.get("enabled", True):
-        alpha = float(damp.get("alpha", 0.5))
-        specs += [{"name": f"damp_k{int(k)}", "method": "damp", "k": int(k), "alpha": alpha, "strength": 1.0}
-                  for k in damp.get("k", [1000])]
+    """[{name, method, strength, k, alpha}] for AurA (one per strength), Det0 and Damp (one per k).
+
+    ``section`` is the validated ``aura`` config section (the schema holds the defaults).
+    """
+    specs = [{"name": strength_name(s), "method": "aura", "strength": float(s), "k": None, "alpha": None}
+             for s in section["strengths"]]
+    if section["det0"]["enabled"]:
+        specs += [{"name": f"det0_k{int(k)}", "method": "det0", "strength": 1.0, "k": int(k), "alpha": None}
+                  for k in section["det0"]["k"]]
+    if section["damp"]["enabled"]:
+        alpha = float(section["damp"]["alpha"])
+        specs += [{"name": f"damp_k{int(k)}", "method": "damp", "strength": 1.0, "k": int(k), "alpha": alpha}
+                  for k in section["damp"]["k"]]
     names = [v["name"] for v in specs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

@@ -5,11 +5,11 @@
 The method side knows SafeEdit's data format but nothing of its metrics.
 """
 
-from .edit import LR_BY_FAMILY, DinmEditor, DinmSettings, EditRecord, edit_model, kl_term, knowledge_reference, nll_term
+from .edit import DinmEditor, DinmSettings, EditRecord, edit_model, kl_term, knowledge_reference, nll_term
 from .inputs import EditInputs, encode_pair, instance_inputs
 from .locate import Location, locate_toxic_layer
 
 __all__ = [
-    "LR_BY_FAMILY", "DinmEditor", "DinmSettings", "EditInputs", "EditRecord", "Location", "edit_model",
+    "DinmEditor", "DinmSettings", "EditInputs", "EditRecord", "Location", "edit_model",
     "encode_pair", "instance_inputs", "kl_term", "knowledge_reference", "locate_toxic_layer", "nll_term",
 ]

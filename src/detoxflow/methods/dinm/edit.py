@@ -27,7 +27,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ...data.safeedit import DINM_SUFFIX
 from ...errors import DetoxflowError
 from ...runtime import input_device
 from .inputs import IGNORE, EditInputs, Encoded, encode_pair, instance_inputs
@@ -37,38 +36,54 @@ from .upper_stack import UpperStack
 
 log = logging.getLogger(__name__)
 
-#: Learning rates of the reference settings, by ``config.model_type``.
-LR_BY_FAMILY = {"llama": 5e-4, "gpt2": 5e-4, "mistral": 1e-5}
+#: The editing keys of the ``dinm`` config section (the prompt keys come from ``safeedit.prompt``).
+SECTION_KEYS = ("lr", "lr_by_family", "default_lr", "steps", "c_edit", "c_kl", "locate", "layer", "max_length",
+                "reuse_lower_layers")
 
 
 @dataclass
 class DinmSettings:
-    lr: float | None = None          # None: lr_by_family[model_type], else default_lr
-    steps: int = 10
-    c_edit: float = 0.1
-    c_kl: float = 1.0
-    locate: str = "masked"           # masked | reference
-    layer: int | None = None         # fixed layer instead of locating (negative counts from the end)
-    suffix: str = DINM_SUFFIX
-    chat_template: bool = False
-    max_length: int | None = None    # cap on prompt + response tokens
-    reuse_lower_layers: bool = True  # run only the layers from the edited one up (checked against the full model)
-    lr_by_family: dict = field(default_factory=lambda: dict(LR_BY_FAMILY))
-    default_lr: float = 5e-4
+    """Everything an edit depends on; the config schema holds the defaults (:meth:`defaults`)."""
+
+    lr: float | None                 # None: lr_by_family[model_type], else default_lr
+    lr_by_family: dict
+    default_lr: float
+    steps: int
+    c_edit: float
+    c_kl: float
+    locate: str                      # masked | reference
+    layer: int | None                # fixed layer instead of locating (negative counts from the end)
+    max_length: int | None           # cap on prompt + response tokens
+    reuse_lower_layers: bool         # run only the layers from the edited one up (checked against the full model)
+    suffix: str                      # safeedit.prompt.suffix
+    chat_template: bool              # safeedit.prompt.chat_template
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> "DinmSettings":
-        data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+    def from_dict(cls, data: dict) -> "DinmSettings":
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(known))
         if unknown:
-            raise DetoxflowError(f"unknown DINM setting(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+            raise DetoxflowError(f"unknown DINM setting(s) {', '.join(unknown)} (known: {', '.join(known)})")
+        missing = [k for k in known if k not in data]
+        if missing:
+            raise DetoxflowError(f"DINM settings lack {', '.join(missing)}")
         s = cls(**data)
         if s.locate not in LOCATE_MODES:
             raise DetoxflowError(f"dinm.locate: '{s.locate}' is not one of {', '.join(LOCATE_MODES)}")
         if s.steps < 1:
             raise DetoxflowError("dinm.steps must be >= 1")
         return s
+
+    @classmethod
+    def defaults(cls, **overrides) -> "DinmSettings":
+        """The config schema's defaults (``dinm`` and ``safeedit.prompt``), with ``overrides``."""
+        from ...config import section_defaults
+
+        section = section_defaults("dinm")
+        prompt = section_defaults("safeedit")["prompt"]
+        data = {**{k: section[k] for k in SECTION_KEYS}, "suffix": prompt["suffix"],
+                "chat_template": prompt["chat_template"]}
+        return cls.from_dict({**data, **overrides})
 
     def resolve_lr(self, model) -> tuple[float, str]:
         if self.lr is not None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ...data.safeedit import DINM_SUFFIX, format_prompt
+from ...data.safeedit import format_prompt
 from ...errors import DetoxflowError
 
 IGNORE = -100
@@ -47,7 +47,7 @@ class Encoded:
         return Encoded(self.input_ids.to(device), self.labels.to(device), self.n_prompt)
 
 
-def instance_inputs(record: dict, tokenizer, *, suffix: str = DINM_SUFFIX, chat_template: bool = False) -> EditInputs:
+def instance_inputs(record: dict, tokenizer, *, suffix: str, chat_template: bool) -> EditInputs:
     know = record["knowledge constrain"]
     return EditInputs(
         id=record.get("id"),

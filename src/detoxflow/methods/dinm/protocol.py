@@ -10,7 +10,8 @@ instead of being generated again for every instance; prompts missing there are
 generated once, before any edit. ``vanilla="regenerate"`` does it the
 straightforward way (before each edit), for the benchmark.
 
-This module evaluates, so it may use the method; the method never imports it.
+It belongs to DINM and uses the SafeEdit evaluation (responses, judges,
+metrics) as a library; the evaluation never imports it.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ import time
 from typing import Sequence
 
 from ...errors import DetoxflowError
-from ...evaluation.safeedit.responses import build_requests, eval_settings, fill_responses, metrics_for
+from ...evaluation.safeedit.responses import build_requests, fill_responses, metrics_for
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("vanilla", "dinm")
 
 
-def run_per_instance(model, tokenizer, records: Sequence[dict], *, dinm: dict, evaluation: dict,
+def run_per_instance(model, tokenizer, records: Sequence[dict], *, settings, evaluation: dict,
                      vanilla_cache: dict[str, str] | None = None, vanilla: str = "cache") -> tuple[list[dict], list[dict], dict]:
     """Return (generation rows of both variants, one edit record per instance, vanilla timing).
 
@@ -37,13 +38,12 @@ def run_per_instance(model, tokenizer, records: Sequence[dict], *, dinm: dict, e
     """
     from tqdm.auto import tqdm
 
-    from .edit import DinmEditor, DinmSettings
+    from .edit import DinmEditor
 
     if vanilla not in ("cache", "regenerate"):
         raise DetoxflowError(f"vanilla must be 'cache' or 'regenerate', got '{vanilla}'")
-    ev = eval_settings(evaluation)
+    ev = evaluation
     gen = ev["generation"]
-    settings = DinmSettings.from_dict(dinm)
     editor = DinmEditor(model, tokenizer, settings)
     rows = build_requests(records, tokenizer, suffix=ev["prompt"]["suffix"], chat_template=ev["prompt"]["chat_template"])
     by_id: dict[str, list[dict]] = {}

@@ -17,31 +17,32 @@ Two rules, both reported:
   ``interpolated_single_perplexity`` and ``interpolated_degradation_reduction``
   (None when no two neighbouring lambdas bracket that toxicity).
 
-Inputs are the evaluation's JSON files: ``<eval_dir>/<model>/perplexity.json``
-(key ``perplexity``) and ``<eval_dir>/<model>/plain/toxicity.json``.
+Inputs are the evaluation's files of each variant, named by the caller (the
+workflow knows where they are): a metrics file holding ``perplexity`` and the
+``toxicity.json`` of its plain run.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 from ...errors import DetoxflowError
-from ...io import atomic_path, read_json, write_json
+from ...io import atomic_path, read_json, read_metrics, write_json
 
 TOXICITY_KEYS = ("expected_max_toxicity", "toxicity_probability", "mean_toxicity", "toxic_fraction")
 
 
-def read_point(eval_dir: str | os.PathLike, variant: dict, prompting: str = "plain") -> dict:
-    """One variant's perplexity and toxicity metrics (plus its family, N and lambda)."""
+def read_point(variant: dict) -> dict:
+    """One variant's perplexity and toxicity metrics (plus its family, N and lambda).
+
+    ``variant``: ``model``, ``family``, ``n_splits``, ``lambda`` and the files
+    ``perplexity`` (a metrics file) and ``toxicity`` (the plain run's toxicity.json).
+    """
     model = variant["model"]
-    ppl_file = Path(eval_dir) / model / "perplexity.json"
-    tox_file = Path(eval_dir) / model / prompting / "toxicity.json"
-    ppl = read_json(ppl_file)
-    tox = read_json(tox_file)
+    ppl = read_metrics(variant["perplexity"])
+    tox = read_json(variant["toxicity"])
     if "perplexity" not in ppl:
-        raise DetoxflowError(f"{ppl_file}: no 'perplexity' key")
+        raise DetoxflowError(f"{variant['perplexity']}: no 'perplexity' metric")
     point = {"model": model, "family": variant["family"], "n_splits": variant.get("n_splits"),
              "lambda": variant.get("lambda"), "perplexity": float(ppl["perplexity"])}
     for key in TOXICITY_KEYS:
@@ -171,24 +172,20 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def choose_lambda(
-    eval_dir: str | os.PathLike,
-    variants: list[dict],
-    *,
-    ppl_margin: float = 0.5,
-    metric: str = "mean_toxicity",
-    prompting: str = "plain",
-) -> dict:
-    """Read every variant's evaluation and apply both rules. ``variants`` must include the base."""
+def choose_lambda(variants: list[dict], *, ppl_margin: float, metric: str) -> dict:
+    """Read every variant's evaluation (see :func:`read_point`) and apply both rules.
+
+    ``variants`` must include the base.
+    """
     if metric not in TOXICITY_KEYS:
         raise DetoxflowError(f"task_vectors.choose_lambda.metric must be one of {', '.join(TOXICITY_KEYS)}, got {metric!r}")
     bases = [v for v in variants if v["family"] == "base"]
     if len(bases) != 1:
         raise DetoxflowError("choose_lambda needs exactly one variant of family 'base'")
-    points = [read_point(eval_dir, v, prompting) for v in variants]
+    points = [read_point(v) for v in variants]
     base = next(p for p in points if p["family"] == "base")
     if metric not in base:
-        raise DetoxflowError(f"{Path(eval_dir) / base['model'] / prompting / 'toxicity.json'}: no '{metric}' key")
+        raise DetoxflowError(f"{next(v['toxicity'] for v in variants if v['family'] == 'base')}: no '{metric}' key")
     order = {"base": 0, "single": 1, "merge": 2, "ascent": 3}
     points.sort(key=lambda p: (order.get(p["family"], 9), p["n_splits"] or 0, p["lambda"] or 0))
     return {

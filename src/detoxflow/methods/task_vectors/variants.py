@@ -42,6 +42,16 @@ def model_variants(tv: dict) -> list[str]:
     return [v["model"] for v in variants(tv) if v["family"] != "base"]
 
 
+def family_splits(family: str) -> int:
+    """Parts of a negated family's folder name: ``single`` -> 1, ``merge_n5`` -> 5."""
+    return 1 if family == "single" else int(family[len("merge_n"):])
+
+
+def family_method(family: str) -> str:
+    """The method name a negated family records in detoxflow.json."""
+    return "task_vector" if family == "single" else "task_vector_merge"
+
+
 def finetuned_dirs(root: str, objective: str, n) -> list[str]:
     return [f"{root}/finetuned/{objective}_n{n}_part{i}" for i in range(int(n))]
 
