@@ -30,7 +30,7 @@ report: "workflow/report/workflow.rst"
 
 
 rule all:
+    default_target: True
     input:
         SUMMARY.values(),
         STAGES.targets(),
-    default_target: True

@@ -35,6 +35,17 @@ rule aura_responses:
     output:
         responses=f"{AURA_DIR}/responses.safetensors",
         sentences=f"{AURA_DIR}/sentences.jsonl",
+    log:
+        f"{LOGS}/aura/responses.log",
+    benchmark:
+        f"{BENCH}/aura/responses.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=60,
     params:
         settings=as_json(
             pick(
@@ -49,17 +60,6 @@ rule aura_responses:
             )
         ),
         runtime_args=RUNTIME_ARGS,
-    log:
-        f"{LOGS}/aura/responses.log",
-    benchmark:
-        f"{BENCH}/aura/responses.tsv"
-    threads: 2
-    resources:
-        gpu=1,
-        mem_mb=16000,
-        runtime=60,
-    conda:
-        ENV
     shell:
         "detoxflow aura-responses --model {input.model} --toxic {input.toxic} --nontoxic {input.nontoxic} "
         "--settings {params.settings:q} {params.runtime_args} --out {output.responses} "
@@ -75,12 +75,12 @@ rule aura_expertise:
         f"{LOGS}/aura/expertise.log",
     benchmark:
         f"{BENCH}/aura/expertise.tsv"
+    conda:
+        ENV
     threads: 2
     resources:
         mem_mb=8000,
         runtime=30,
-    conda:
-        ENV
     shell:
         "detoxflow aura-expertise --responses {input} --out {output} > {log} 2>&1"
 
@@ -91,22 +91,22 @@ rule aura_fold:
         expertise=f"{AURA_DIR}/expertise.safetensors",
     output:
         directory(model_folder("{aura_variant}")),
-    wildcard_constraints:
-        aura_variant="|".join(re.escape(n) for n in AURA_VARIANTS),
-    params:
-        variant=lambda w: as_json(AURA_VARIANTS[w.aura_variant]),
-        dtype=config["model"]["dtype"],
-        trust="--trust-remote-code" if config["model"]["trust_remote_code"] else "",
     log:
         f"{LOGS}/aura/fold_{{aura_variant}}.log",
     benchmark:
         f"{BENCH}/aura/fold_{{aura_variant}}.tsv"
+    wildcard_constraints:
+        aura_variant="|".join(re.escape(n) for n in AURA_VARIANTS),
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=32000,
         runtime=30,
-    conda:
-        ENV
+    params:
+        variant=lambda w: as_json(AURA_VARIANTS[w.aura_variant]),
+        dtype=config["model"]["dtype"],
+        trust="--trust-remote-code" if config["model"]["trust_remote_code"] else "",
     shell:
         "detoxflow aura-fold --model {input.model} --expertise {input.expertise} "
         "--variant {params.variant:q} --dtype {params.dtype} {params.trust} --out {output} > {log} 2>&1"
@@ -128,15 +128,15 @@ rule aura_plots:
         ),
         csv=AURA_PLOTS["csv"],
         json=AURA_PLOTS["json"],
-    params:
-        variants=as_json(list(AURA_VARIANTS.values())),
     log:
         f"{LOGS}/aura/plots.log",
+    conda:
+        ENV
     resources:
         mem_mb=4000,
         runtime=10,
-    conda:
-        ENV
+    params:
+        variants=as_json(list(AURA_VARIANTS.values())),
     shell:
         "detoxflow aura-plots --expertise {input} --variants {params.variants:q} "
         "--auroc-plot {output.auroc} --dampened-plot {output.dampened} "

@@ -19,9 +19,7 @@ REPO = os.path.dirname(os.path.abspath(str(workflow.current_basedir)))
 # `config:` takes the place of the overlays.
 try:
     if len(workflow.modifier_stack) > 1:  # inside another workflow's `module` directive
-        _config = resolve_workflow_config(
-            [os.path.join(REPO, "config.yaml")], overrides=config, base_dir=REPO
-        )
+        _config = resolve_workflow_config([os.path.join(REPO, "config.yaml")], overrides=config, base_dir=REPO)
     else:
         _config = resolve_workflow_config(
             [os.path.join(REPO, "config.yaml"), *workflow.config_settings.configfiles],
@@ -49,9 +47,7 @@ STAGES = StageRegistry()
 
 def register_stage(name, *, variants=(), model_metrics=(), targets=()):
     try:
-        STAGES.add(
-            Stage(name, variants=variants, model_metrics=model_metrics, targets=targets)
-        )
+        STAGES.add(Stage(name, variants=variants, model_metrics=model_metrics, targets=targets))
     except DetoxflowError as exc:
         raise WorkflowError(str(exc)) from None
 
@@ -83,7 +79,103 @@ def model_folder(name):
 
 
 # --dtype/--device/--trust-remote-code of every command that loads a model (config `model:`)
-RUNTIME_ARGS = (
-    f"--dtype {config['model']['dtype']} --device {config['model']['device']}"
-    + (" --trust-remote-code" if config["model"]["trust_remote_code"] else "")
+RUNTIME_ARGS = f"--dtype {config['model']['dtype']} --device {config['model']['device']}" + (
+    " --trust-remote-code" if config["model"]["trust_remote_code"] else ""
 )
+
+
+# The evaluation: runs, settings of the evaluation steps, the summary's inputs -----------------
+
+EVALUATION = config["evaluation"]
+SAFEEDIT = config["safeedit"]
+SAFEEDIT_DIR = f"{RESULTS}/safeedit"
+# What decides a model's SafeEdit responses; DINM's per-instance protocol answers with the same.
+SAFEEDIT_EVAL = pick(SAFEEDIT, "n_instances", "prompt", "generation")
+
+
+def eval_runs():
+    """(model, prompting) of every run: each variant plain, plus the pre-prompt runs asked for."""
+    variants = STAGES.variants()
+    runs = [(m, "plain") for m in variants]
+    for name in EVALUATION["preprompts"]:
+        # a model of a disabled stage (e.g. aura with aura.enabled: false) is skipped
+        runs += [(m, name) for m in EVALUATION["preprompt_models"] if m in variants]
+    return runs
+
+
+def preprompt_text(prompting):
+    if prompting == "plain":
+        return EVALUATION["generation"]["preprompt"]
+    return EVALUATION["preprompts"][prompting]
+
+
+def toxicity_settings():
+    """The toxicity section without the blocks of scorers not in use."""
+    tox = EVALUATION["toxicity"]
+    settings = pick(tox, "scorer", "threshold", "batch_size")
+    block = tox["scorer"].replace("-", "_")
+    if block in tox:
+        settings[block] = tox[block]
+    return settings
+
+
+def judge_settings():
+    """The judge section without the blocks of judges not in use."""
+    judge = SAFEEDIT["judge"]
+    return {"kind": judge["kind"], judge["kind"]: judge[judge["kind"]]}
+
+
+def safeedit_data_settings():
+    """The data section without the blocks of sources not in use."""
+    data = SAFEEDIT["data"]
+    return {"source": data["source"], data["source"]: data[data["source"]]}
+
+
+def standin_answers_with_model():
+    data = SAFEEDIT["data"]
+    return data["source"] == "standin" and data["standin"]["unsafe_response"] == "model"
+
+
+def safeedit_data_inputs(wildcards):
+    """The stand-in reads the AdvBench recipe (and the base model when it answers as the unsafe response)."""
+    data = SAFEEDIT["data"]
+    if data["source"] != "standin":
+        return {}
+    inputs = {"advbench": recipe_path(data["standin"]["advbench"])}
+    if standin_answers_with_model():
+        inputs["model"] = model_folder("base")
+    return inputs
+
+
+def summary_runs():
+    """What the summary reads, named explicitly: each run's files and each model's folder and metrics."""
+    runs = eval_runs()
+    models = list(dict.fromkeys(m for m, _ in runs))
+    return {
+        "runs": [
+            {
+                "model": m,
+                "prompting": p,
+                "toxicity": f"{EVAL}/{m}/{p}/toxicity.json",
+                "scored": f"{EVAL}/{m}/{p}/toxicity.jsonl",
+            }
+            for m, p in runs
+        ],
+        "models": {
+            m: {
+                "folder": model_folder(m),
+                "metrics": [f"{EVAL}/{m}/perplexity.json", *STAGES.model_metrics(m)],
+            }
+            for m in models
+        },
+    }
+
+
+def summary_inputs(wildcards):
+    spec = summary_runs()
+    return {
+        "toxicity": [r["toxicity"] for r in spec["runs"]],
+        "scored": [r["scored"] for r in spec["runs"]],
+        "folders": [m["folder"] for m in spec["models"].values()],
+        "metrics": [f for m in spec["models"].values() for f in m["metrics"]],
+    }

@@ -46,23 +46,23 @@ rule dinm_edit_model:
     output:
         model=directory(model_folder("dinm")),
         record=f"{DINM_DIR}/model_edits.json",
+    log:
+        f"{LOGS}/dinm/edit_model.log",
+    benchmark:
+        f"{BENCH}/dinm/edit_model.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=32000,
+        runtime=120,
     params:
         settings=as_json(DINM_SETTINGS),
         instances=DINM["model"]["instances"],
         mode=DINM["model"]["mode"],
         seed=DINM["model"]["seed"],
         runtime_args=RUNTIME_ARGS,
-    log:
-        f"{LOGS}/dinm/edit_model.log",
-    benchmark:
-        f"{BENCH}/dinm/edit_model.tsv"
-    threads: 2
-    resources:
-        gpu=1,
-        mem_mb=32000,
-        runtime=120,
-    conda:
-        ENV
     shell:
         "detoxflow dinm-edit-model --model {input.model} --data {input.data} --settings {params.settings:q} "
         "--instances {params.instances} --mode {params.mode} --seed {params.seed} "
@@ -77,6 +77,17 @@ rule dinm_per_instance:
     output:
         generations=f"{DINM_DIR}/per_instance/generations.jsonl",
         edits=f"{DINM_DIR}/per_instance/edits.json",
+    log:
+        f"{LOGS}/dinm/per_instance.log",
+    benchmark:
+        f"{BENCH}/dinm/per_instance.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=32000,
+        runtime=240,
     params:
         settings=as_json(DINM_SETTINGS),
         evaluation=as_json(SAFEEDIT_EVAL),
@@ -84,17 +95,6 @@ rule dinm_per_instance:
         n=DINM["per_instance"]["n_instances"] or SAFEEDIT["n_instances"] or "all",
         vanilla=DINM["per_instance"]["vanilla"],
         runtime_args=RUNTIME_ARGS,
-    log:
-        f"{LOGS}/dinm/per_instance.log",
-    benchmark:
-        f"{BENCH}/dinm/per_instance.tsv"
-    threads: 2
-    resources:
-        gpu=1,
-        mem_mb=32000,
-        runtime=240,
-    conda:
-        ENV
     shell:
         "detoxflow dinm-per-instance --model {input.model} --data {input.data} --settings {params.settings:q} "
         "--evaluation {params.evaluation:q} --n-instances {params.n} --vanilla {params.vanilla} "
@@ -115,17 +115,17 @@ rule dinm_per_instance_report:
             category="5. DINM",
             labels={"table": "per-instance protocol"},
         ),
-    params:
-        judge=as_json(judge_settings()),
     log:
         f"{LOGS}/dinm/per_instance_report.log",
+    conda:
+        ENV
     threads: 1
     resources:
         gpu=1 if SAFEEDIT["judge"]["kind"] == "classifier" else 0,
         mem_mb=8000,
         runtime=60,
-    conda:
-        ENV
+    params:
+        judge=as_json(judge_settings()),
     shell:
         "detoxflow dinm-per-instance-report --generations {input.generations} --edits {input.edits} "
         "--judge {params.judge:q} --cache {input.cache} --scored {output.scored} --json {output.json} "

@@ -5,24 +5,20 @@
 rule materialise:
     output:
         directory(model_folder("base")),
-    params:
-        spec=config["model"]["base"],
-        revision=(
-            f"--revision {config['model']['revision']}"
-            if config["model"]["revision"]
-            else ""
-        ),
-        dtype=config["model"]["dtype"],
-        trust="--trust-remote-code" if config["model"]["trust_remote_code"] else "",
     log:
         f"{LOGS}/models/materialise.log",
     benchmark:
         f"{BENCH}/models/materialise.tsv"
+    conda:
+        ENV
     resources:
         mem_mb=16000,
         runtime=60,
-    conda:
-        ENV
+    params:
+        spec=config["model"]["base"],
+        revision=(f"--revision {config['model']['revision']}" if config["model"]["revision"] else ""),
+        dtype=config["model"]["dtype"],
+        trust="--trust-remote-code" if config["model"]["trust_remote_code"] else "",
     shell:
         "detoxflow materialise --spec {params.spec:q} {params.revision} "
         "--dtype {params.dtype} {params.trust} --out {output} > {log} 2>&1"

@@ -9,40 +9,6 @@ SUMMARY = {
 }
 
 
-def summary_runs():
-    """What the summary reads, named explicitly: each run's files and each model's folder and metrics."""
-    runs = eval_runs()
-    models = list(dict.fromkeys(m for m, _ in runs))
-    return {
-        "runs": [
-            {
-                "model": m,
-                "prompting": p,
-                "toxicity": f"{EVAL}/{m}/{p}/toxicity.json",
-                "scored": f"{EVAL}/{m}/{p}/toxicity.jsonl",
-            }
-            for m, p in runs
-        ],
-        "models": {
-            m: {
-                "folder": model_folder(m),
-                "metrics": [f"{EVAL}/{m}/perplexity.json", *STAGES.model_metrics(m)],
-            }
-            for m in models
-        },
-    }
-
-
-def summary_inputs(wildcards):
-    spec = summary_runs()
-    return {
-        "toxicity": [r["toxicity"] for r in spec["runs"]],
-        "scored": [r["scored"] for r in spec["runs"]],
-        "folders": [m["folder"] for m in spec["models"].values()],
-        "metrics": [f for m in spec["models"].values() for f in m["metrics"]],
-    }
-
-
 rule summarize:
     input:
         unpack(summary_inputs),
@@ -66,13 +32,13 @@ rule summarize:
             category="2. Sample continuations",
             labels={"table": "sample continuations"},
         ),
-    params:
-        spec=lambda w: as_json(summary_runs()),
-        samples=EVALUATION["samples_per_variant"],
     log:
         f"{LOGS}/summarize.log",
     conda:
         ENV
+    params:
+        spec=lambda w: as_json(summary_runs()),
+        samples=EVALUATION["samples_per_variant"],
     shell:
         "detoxflow summarize --spec {params.spec:q} --samples-per-variant {params.samples} "
         "--csv {output.csv} --markdown {output.md} --plot {output.plot} --samples {output.samples} "

@@ -12,6 +12,8 @@ TV_FT = TV["finetune"]
 TV_DIR = f"{RESULTS}/task_vectors"
 TV_VARIANTS = tv_variants.variants(TV)
 TV_FAMILIES = tv_variants.stats_families(TV, TV_DIR)
+# every variant of the branch with the evaluation files of its perplexity and plain-run toxicity
+TV_POINTS = tv_variants.evaluation_points(TV_VARIANTS, EVAL)
 TV_OUTPUTS = {
     "choice_json": f"{TV_DIR}/lambda_choice.json",
     "choice_md": f"{TV_DIR}/lambda_choice.md",
@@ -26,11 +28,7 @@ if TV["enabled"]:
     register_stage(
         "task_vectors",
         variants=tv_variants.model_variants(TV),
-        targets=[
-            v
-            for k, v in TV_OUTPUTS.items()
-            if k.startswith("choice") or (TV_FAMILIES and k.startswith("stats"))
-        ],
+        targets=[v for k, v in TV_OUTPUTS.items() if k.startswith("choice") or (TV_FAMILIES and k.startswith("stats"))],
     )
 
 
@@ -40,17 +38,17 @@ rule tv_toxic_set:
     output:
         rows=f"{TV_DIR}/toxic_set.jsonl",
         info=f"{TV_DIR}/toxic_set.json",
+    log:
+        f"{LOGS}/task_vectors/toxic_set.log",
+    conda:
+        ENV
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         source=TV["dataset"],
         seed=TV["seed"],
         max_rows=TV["max_rows"] or "",
-    log:
-        f"{LOGS}/task_vectors/toxic_set.log",
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    conda:
-        ENV
     shell:
         "detoxflow tv-toxic-set --rows {input} --source {params.source} --seed {params.seed} "
         "--max-rows {params.max_rows:q} --out {output.rows} --info {output.info} > {log} 2>&1"
@@ -61,20 +59,19 @@ rule tv_split:
         rules.tv_toxic_set.output.rows,
     output:
         directory(f"{TV_DIR}/splits/n{{n}}"),
-    wildcard_constraints:
-        n="[0-9]+",
-    params:
-        seed=TV["seed"],
     log:
         f"{LOGS}/task_vectors/split_n{{n}}.log",
+    wildcard_constraints:
+        n="[0-9]+",
+    conda:
+        ENV
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        ENV
+    params:
+        seed=TV["seed"],
     shell:
-        "detoxflow tv-split --rows {input} --n-splits {wildcards.n} --seed {params.seed} "
-        "--out {output} > {log} 2>&1"
+        "detoxflow tv-split --rows {input} --n-splits {wildcards.n} --seed {params.seed} " "--out {output} > {log} 2>&1"
 
 
 TV_FINETUNED = directory(f"{TV_DIR}/finetuned/{{objective}}_n{{n}}_part{{part}}")
@@ -86,31 +83,27 @@ rule tv_finetune:
         split=f"{TV_DIR}/splits/n{{n}}",
     output:
         protected(TV_FINETUNED) if TV["protect_finetuned"] else TV_FINETUNED,
+    log:
+        f"{LOGS}/task_vectors/finetune_{{objective}}_n{{n}}_part{{part}}.log",
+    benchmark:
+        f"{BENCH}/task_vectors/finetune_{{objective}}_n{{n}}_part{{part}}.tsv"
     wildcard_constraints:
         objective="descent|ascent",
         n="[0-9]+",
         part="[0-9]+",
+    conda:
+        ENV
+    threads: TV_FT["threads"]
+    resources:
+        gpu=(TV_FT["accelerate"]["num_processes"] if TV_FT["accelerate"]["enabled"] else 1),
+        mem_mb=TV_FT["mem_mb"],
+        runtime=TV_FT["runtime"],
     params:
         settings=as_json(tv_variants.training_settings(TV_FT)),
         state=lambda w: f"{TV_DIR}/state/{w.objective}_n{w.n}_part{w.part}",
         launcher=tv_variants.launcher(TV_FT),
         device=config["model"]["device"],
         trust="--trust-remote-code" if config["model"]["trust_remote_code"] else "",
-    log:
-        f"{LOGS}/task_vectors/finetune_{{objective}}_n{{n}}_part{{part}}.log",
-    benchmark:
-        f"{BENCH}/task_vectors/finetune_{{objective}}_n{{n}}_part{{part}}.tsv"
-    threads: TV_FT["threads"]
-    resources:
-        gpu=(
-            TV_FT["accelerate"]["num_processes"]
-            if TV_FT["accelerate"]["enabled"]
-            else 1
-        ),
-        mem_mb=TV_FT["mem_mb"],
-        runtime=TV_FT["runtime"],
-    conda:
-        ENV
     shell:
         "{params.launcher} tv-finetune --base {input.base} --split-dir {input.split} --part {wildcards.part} "
         "--objective {wildcards.objective} --settings {params.settings:q} --state-dir {params.state} "
@@ -122,28 +115,24 @@ rule tv_merge:
     # single-model baseline tv_single_l<lambda> (the whole set fine-tuned as one part)
     input:
         base=model_folder("base"),
-        finetuned=lambda w: tv_variants.finetuned_dirs(
-            TV_DIR, "descent", tv_variants.family_splits(w.family)
-        ),
+        finetuned=lambda w: tv_variants.finetuned_dirs(TV_DIR, "descent", tv_variants.family_splits(w.family)),
     output:
         directory(model_folder("tv_{family}_l{lam}")),
-    wildcard_constraints:
-        family="single|merge_n[0-9]+",
-        lam="[-+0-9.e]+",
-    params:
-        method=lambda w: tv_variants.family_method(w.family),
-        meta=lambda w: as_json(
-            {"n_splits": tv_variants.family_splits(w.family), "lambda": float(w.lam)}
-        ),
     log:
         f"{LOGS}/task_vectors/merge_{{family}}_l{{lam}}.log",
     benchmark:
         f"{BENCH}/task_vectors/merge_{{family}}_l{{lam}}.tsv"
+    wildcard_constraints:
+        family="single|merge_n[0-9]+",
+        lam="[-+0-9.e]+",
+    conda:
+        ENV
     resources:
         mem_mb=8000,
         runtime=60,
-    conda:
-        ENV
+    params:
+        method=lambda w: tv_variants.family_method(w.family),
+        meta=lambda w: as_json({"n_splits": tv_variants.family_splits(w.family), "lambda": float(w.lam)}),
     shell:
         "detoxflow tv-merge --base {input.base} --finetuned {input.finetuned} --lambda {wildcards.lam} "
         "--method {params.method} --params {params.meta:q} --out {output} > {log} 2>&1"
@@ -157,38 +146,26 @@ rule tv_ascent:
         finetuned=tv_variants.finetuned_dirs(TV_DIR, "ascent", 1),
     output:
         directory(model_folder("tv_ascent")),
-    params:
-        meta=as_json({"n_splits": 1}),
     log:
         f"{LOGS}/task_vectors/ascent.log",
     benchmark:
         f"{BENCH}/task_vectors/ascent.tsv"
+    conda:
+        ENV
     resources:
         mem_mb=8000,
         runtime=60,
-    conda:
-        ENV
+    params:
+        meta=as_json({"n_splits": 1}),
     shell:
         "detoxflow tv-merge --base {input.base} --finetuned {input.finetuned} --lambda 1.0 --add "
         "--method gradient_ascent --params {params.meta:q} --out {output} > {log} 2>&1"
 
 
-def tv_points():
-    """Every variant of the branch with the evaluation files that hold its perplexity and toxicity."""
-    return [
-        dict(
-            v,
-            perplexity=f"{EVAL}/{v['model']}/perplexity.json",
-            toxicity=f"{EVAL}/{v['model']}/plain/toxicity.json",
-        )
-        for v in TV_VARIANTS
-    ]
-
-
 rule tv_choose_lambda:
     input:
-        perplexity=[p["perplexity"] for p in tv_points()],
-        toxicity=[p["toxicity"] for p in tv_points()],
+        perplexity=[p["perplexity"] for p in TV_POINTS],
+        toxicity=[p["toxicity"] for p in TV_POINTS],
     output:
         json=TV_OUTPUTS["choice_json"],
         md=report(
@@ -201,16 +178,16 @@ rule tv_choose_lambda:
             category="3. Task vectors",
             labels={"plot": "toxicity vs perplexity across lambda"},
         ),
-    params:
-        points=as_json(tv_points()),
-        settings=as_json(TV["choose_lambda"]),
     log:
         f"{LOGS}/task_vectors/choose_lambda.log",
+    conda:
+        ENV
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        ENV
+    params:
+        points=as_json(TV_POINTS),
+        settings=as_json(TV["choose_lambda"]),
     shell:
         "detoxflow tv-choose-lambda --points {params.points:q} --settings {params.settings:q} "
         "--json {output.json} --markdown {output.md} --plot {output.plot} > {log} 2>&1"
@@ -227,19 +204,17 @@ rule tv_vector_stats:
             category="3. Task vectors",
             labels={"table": "task-vector norms and cosines"},
         ),
-    params:
-        families=" ".join(
-            f"--family {name}={','.join(dirs)}" for name, dirs in TV_FAMILIES.items()
-        ),
     log:
         f"{LOGS}/task_vectors/vector_stats.log",
     benchmark:
         f"{BENCH}/task_vectors/vector_stats.tsv"
+    conda:
+        ENV
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        ENV
+    params:
+        families=" ".join(f"--family {name}={','.join(dirs)}" for name, dirs in TV_FAMILIES.items()),
     shell:
         "detoxflow tv-vector-stats --base {input.base} {params.families} --json {output.json} "
         "--markdown {output.md} > {log} 2>&1"

@@ -18,7 +18,7 @@ SECTIONS = {
     "safeedit": {"enabled": True, "data": {"source": "standin", "standin": {"n_train": 1, "n_test": 2}},
                  "n_instances": 2, "prompt": {"chat_template": False},
                  "generation": {"max_new_tokens": 4, "batch_size": 10}, "judge": {"kind": "offline"}},
-    "dinm": {"enabled": True, "lr": 0.01, "steps": 2, "prompt": {"chat_template": False},
+    "dinm": {"enabled": True, "lr": 0.01, "steps": 2,
              "model": {"instances": 1, "mode": "sequential"}, "per_instance": {"enabled": True, "n_instances": 2}},
 }
 
@@ -37,9 +37,9 @@ def test_dinm_and_safeedit_dag_on_tiny_gpt2(tmp_path, shared_data, tiny_gpt2_dir
     assert "results/eval/base/safeedit.json" in summarize and "results/eval/dinm/safeedit.json" in summarize
     assert "results/dinm/per_instance.md" in plan[plan.index("rule all:"):]
 
-    metrics = {m: json.loads((res / f"eval/{m}/safeedit.json").read_text()) for m in ("base", "dinm")}
+    metrics = {m: json.loads((res / f"eval/{m}/safeedit.json").read_text())["metrics"] for m in ("base", "dinm")}
     for m, values in metrics.items():
-        assert values["model"] == m and values["safeedit_n_instances"] == 2
+        assert values["safeedit_n_instances"] == 2
         for key in ("safeedit_DS", "safeedit_DG_onlyQ", "safeedit_DG_otherA", "safeedit_DG_otherQ",
                     "safeedit_DG_otherAQ", "safeedit_DG_avg", "safeedit_fluency"):
             assert isinstance(values[key], float)

@@ -47,7 +47,7 @@ def test_full_run_on_tiny_gpt2(tmp_path, shared_data, tiny_gpt2_dir):
     summary = pd.read_csv(res / "summary.csv")
     assert list(summary["variant"]) == ["base", "base+polite"]
     for col in ("variant", "method", "expected_max_toxicity", "toxicity_probability", "mean_toxicity",
-                "toxic_fraction", "perplexity", "distinct_2", "n_splits", "lambda"):
+                "toxic_fraction", "perplexity", "distinct_2"):
         assert col in summary.columns
 
     # recompute the base row from the scored continuations, with the scorer called directly
@@ -78,7 +78,8 @@ def test_full_run_on_tiny_gpt2(tmp_path, shared_data, tiny_gpt2_dir):
     gen = json.loads((res / "eval/base/polite/generations.jsonl").read_text().splitlines()[0])
     assert gen["preprompt"] == "Please be kind. "
     assert (res / "plots/toxicity_vs_perplexity.png").stat().st_size > 0
-    assert (res / "summary.md").read_text().startswith("| variant |")
+    md = (res / "summary.md").read_text()
+    assert md.startswith("# Summary") and "| variant | method | EMT | tox. prob. | mean tox. | perplexity |" in md
 
     # the Snakemake report embeds the table, the plot and the sample continuations
     run_snakemake(tmp_path, overlay, "--report", str(tmp_path / "report.html"))

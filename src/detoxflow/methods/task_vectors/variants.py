@@ -37,6 +37,12 @@ def variants(tv: dict) -> list[dict]:
     return unique
 
 
+def evaluation_points(variants: list[dict], eval_dir: str) -> list[dict]:
+    """Each variant with the evaluation files ``tv-choose-lambda`` reads: its perplexity and plain-run toxicity."""
+    return [dict(v, perplexity=f"{eval_dir}/{v['model']}/perplexity.json",
+                 toxicity=f"{eval_dir}/{v['model']}/plain/toxicity.json") for v in variants]
+
+
 def model_variants(tv: dict) -> list[str]:
     """Model folders (under results/models) that the evaluation must evaluate."""
     return [v["model"] for v in variants(tv) if v["family"] != "base"]
