@@ -97,14 +97,22 @@ def _arrow_kind(t) -> str:
     return "other"
 
 
+def _arrow_type_name(t) -> str:
+    """The type as a dataset card spells it (Arrow calls float32 "float" and float64 "double")."""
+    import pyarrow as pa
+
+    return f"float{t.bit_width}" if pa.types.is_floating(t) else str(t)
+
+
 def arrow_column_types(table, features=None) -> dict[str, ColumnType]:
     """Column types of an Arrow table; ``features`` (the hub's ``datasets.Features``) names ClassLabels."""
     types = {}
     for field in table.schema:
         feature = (features or {}).get(field.name)
         names = tuple(getattr(feature, "names", None) or ())
-        detail = f"ClassLabel {field.type} ({', '.join(f'{i}={n}' for i, n in enumerate(names))})" if names \
-            else str(field.type)
+        detail = _arrow_type_name(field.type)
+        if names:
+            detail = f"ClassLabel {detail} ({', '.join(f'{i}={n}' for i, n in enumerate(names))})"
         types[field.name] = ColumnType(_arrow_kind(field.type), detail, names)
     return types
 
