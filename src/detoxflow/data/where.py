@@ -245,4 +245,5 @@ def filter_table(table, conditions: list[dict], context: str, features=None):
     check_where(conditions, types, context)
     masks = [_arrow_condition(table.column(c["column"]), types[c["column"]].kind, c["op"], c["value"])
              for c in conditions]
+    # filter, not take: ChunkedArray.take concatenates the chunks first (a copy of the whole text column).
     return table.filter(reduce(pc.and_, masks))
