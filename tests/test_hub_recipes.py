@@ -198,7 +198,7 @@ def _score_of(served, i, part="continuation", key="toxicity"):
     lambda s: [{"column": "continuation_flirtation", "op": "in", "value": [None, _score_of(s, 3, key="flirtation")]}],
     lambda s: [{"column": "challenging", "op": "==", "value": False},
                {"column": "prompt_insult", "op": ">=", "value": _score_of(s, 1500, "prompt", "insult")}],
-    lambda s: [{"column": "begin", "op": ">", "value": 500.5}],                               # integer column, float value
+    lambda s: [{"column": "begin", "op": ">", "value": 500.5}],  # integer column, float value
     lambda s: [{"column": "begin", "op": "in", "value": [s[0]["begin"], float(s[1]["begin"])]}],
 ])
 def test_arrow_filter_has_the_python_filters_semantics(hub, make_where):

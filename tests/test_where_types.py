@@ -100,7 +100,8 @@ LOCAL_MISTYPED = [
     pytest.param({"format": "jigsaw", "local": {"path": "jigsaw_sample/train.csv"}, "where": cond("toxic", "!=", "1")},
                  r"dataset recipe 'bad' \(.*jigsaw_sample/train.csv\): where toxic != '1': column 'toxic' holds "
                  r"integers \(int\) but the value '1' is a string \(str\); write 1 without quotes", id="csv-int"),
-    pytest.param({"format": "rtp", "local": {"path": "rtp/nontoxic.jsonl"}, "where": cond("challenging", "==", "false")},
+    pytest.param({"format": "rtp", "local": {"path": "rtp/nontoxic.jsonl"},
+                  "where": cond("challenging", "==", "false")},
                  r"column 'challenging' holds booleans \(bool\) but the value 'false' is a string", id="jsonl-bool"),
     pytest.param({"format": "rtp", "local": {"path": "rtp/nontoxic.jsonl"},
                   "where": cond("prompt_toxicity", "not_in", [0.5, "0.7"])},
