@@ -81,19 +81,30 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The JSON objects of a JSONL file, one per non-empty line.
+
+    Errors give the line number in the file (the JSON parser's own position
+    counts inside the line only) and the column within that line.
+    """
     p = Path(path)
     if not p.is_file():
         raise DetoxflowError(f"{p}: file not found")
     rows = []
-    with open(p) as fh:
-        for i, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line:
+    with open(p, "rb") as fh:
+        for i, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DetoxflowError(f"{p}, line {i}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+            if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DetoxflowError(f"{p}, line {i}: not valid JSON ({exc})") from None
+                raise DetoxflowError(f"{p}, line {i}, column {exc.colno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DetoxflowError(f"{p}, line {i}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
     return rows
 
 

@@ -2,8 +2,10 @@
 
 Source choice: with ``data_root`` set and a ``local`` entry, the local file
 ``data_root/local.path`` is read; otherwise the hub data set ``hub``. Then the
-``where`` conditions (the recipe's own and the chosen source's) are applied,
-empty texts dropped, and ``sample`` rows drawn with ``seed``.
+``where`` conditions (the recipe's own and the chosen source's) are checked
+against the source's column types and applied (on a hub data set in Arrow,
+before any row becomes a Python dict), empty texts dropped, and ``sample`` rows
+drawn with ``seed``.
 """
 
 from __future__ import annotations
@@ -16,55 +18,56 @@ from typing import Any
 
 from ..errors import DetoxflowError
 from ..runtime import hf_token
-from .readers import FORMATS, read_local, read_records
+from .readers import FORMATS, hub_table, read_local, table_rows
+from .where import apply_where, filter_table
+
+__all__ = ["apply_where", "load_recipe"]
 
 log = logging.getLogger(__name__)
 
-_OPS = {
-    "==": lambda a, b: a == b,
-    "!=": lambda a, b: a != b,
-    ">": lambda a, b: a is not None and a > b,
-    ">=": lambda a, b: a is not None and a >= b,
-    "<": lambda a, b: a is not None and a < b,
-    "<=": lambda a, b: a is not None and a <= b,
-    "in": lambda a, b: a in b,
-    "not_in": lambda a, b: a not in b,
-}
+
+def _hub_label(hub: dict) -> str:
+    return hub["path"] + (f" ({hub['name']})" if hub.get("name") else "") + f", split {hub['split']}"
 
 
-def apply_where(rows: list[dict], conditions: list[dict], source: str) -> list[dict]:
-    for cond in conditions:
-        column, op, value = cond["column"], cond["op"], cond["value"]
-        if op in ("in", "not_in") and not isinstance(value, list):
-            raise DetoxflowError(f"{source}: condition on '{column}': op '{op}' needs a list value")
-        if rows and column not in rows[0]:
-            raise DetoxflowError(
-                f"{source}: no column '{column}' to filter on (columns: {', '.join(sorted(rows[0]))})"
-            )
-        fn = _OPS[op]
-        try:
-            rows = [r for r in rows if fn(r.get(column), value)]
-        except TypeError as exc:
-            raise DetoxflowError(f"{source}: cannot compare column '{column}' with {value!r}: {exc}") from None
-    return rows
-
-
-def _load_hub(name: str, fmt: str, hub: dict, text_field: str | None) -> list[dict]:
+def _load_hub_dataset(name: str, hub: dict):
     try:
         import datasets
     except ImportError:  # pragma: no cover
         raise DetoxflowError("the 'datasets' package is needed to load hub data sets") from None
-    label = hub["path"] + (f" ({hub['name']})" if hub.get("name") else "") + f", split {hub['split']}"
     try:
-        ds = datasets.load_dataset(hub["path"], hub.get("name"), split=hub["split"], token=hf_token())
+        return datasets.load_dataset(hub["path"], hub.get("name"), split=hub["split"], token=hf_token())
     except Exception as exc:  # datasets raises many types (ConnectionError, FileNotFoundError, ...)
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DetoxflowError(
-            f"dataset recipe '{name}': could not load {label} from the Hugging Face hub ({first}). "
+            f"dataset recipe '{name}': could not load {_hub_label(hub)} from the Hugging Face hub ({first}). "
             f"Offline? Set data_root to a folder laid out like shared/data "
             f"(e.g. --configfile workflow/presets/offline.yaml) and give the recipe a `local` path."
         ) from None
-    return read_records(fmt, ds, f"hub {label}", text_field)
+
+
+def _hub_rows(name: str, fmt: str, hub: dict, text_field: str | None, where: list[dict]) -> tuple[list[dict], int]:
+    """(rows meeting ``where``, rows read): filtered in Arrow, only kept rows become Python dicts.
+
+    A hub data set is memory-mapped by ``datasets``; civil_comments has 1.8M rows,
+    which as Python dicts would take gigabytes.
+    """
+    ds = _load_hub_dataset(name, hub)
+    label = f"hub {_hub_label(hub)}"
+    try:
+        table = hub_table(fmt, ds.with_format("arrow")[:], label, text_field)
+    except DetoxflowError as exc:
+        raise DetoxflowError(f"dataset recipe '{name}': {exc}") from None
+    kept = filter_table(table, where, f"dataset recipe '{name}' ({label})", getattr(ds, "features", None))
+    return table_rows(kept), table.num_rows
+
+
+def _local_rows(name: str, fmt: str, path: Path, text_field: str | None, where: list[dict]) -> tuple[list[dict], int]:
+    try:
+        rows = read_local(fmt, path, text_field)
+    except DetoxflowError as exc:
+        raise DetoxflowError(f"dataset recipe '{name}': {exc}") from None
+    return apply_where(rows, where, f"dataset recipe '{name}' ({path})"), len(rows)
 
 
 def load_recipe(name: str, recipe: dict[str, Any], data_root: str | os.PathLike | None) -> list[dict]:
@@ -79,13 +82,11 @@ def load_recipe(name: str, recipe: dict[str, Any], data_root: str | os.PathLike 
         path = Path(data_root) / local["path"]
         source = str(path)
         log.info("recipe %s: reading local %s", name, path)
-        rows = read_local(fmt, path, text_field)
-        where += local.get("where") or []
+        rows, n_read = _local_rows(name, fmt, path, text_field, where + list(local.get("where") or []))
     elif hub:
         source = f"hub {hub['path']}"
         log.info("recipe %s: loading %s from the hub", name, hub["path"])
-        rows = _load_hub(name, fmt, hub, text_field)
-        where += hub.get("where") or []
+        rows, n_read = _hub_rows(name, fmt, hub, text_field, where + list(hub.get("where") or []))
     elif local:
         raise DetoxflowError(
             f"dataset recipe '{name}' only has a local source ({local['path']}) and data_root is not set: "
@@ -94,8 +95,6 @@ def load_recipe(name: str, recipe: dict[str, Any], data_root: str | os.PathLike 
     else:
         raise DetoxflowError(f"dataset recipe '{name}' has neither a `hub` nor a `local` source")
 
-    n_read = len(rows)
-    rows = apply_where(rows, where, f"dataset recipe '{name}' ({source})")
     rows = [r for r in rows if isinstance(r.get("text"), str) and r["text"].strip()]
     sample = recipe.get("sample")
     if sample is not None:
