@@ -76,6 +76,11 @@ def validate_config(config: dict[str, Any], schema_dir: str | Path) -> dict[str,
                 for key in extra:
                     name = f"{where}.{key}" if err.absolute_path else key
                     lines.append(f"{name}: unknown key (allowed here: {known})")
+            elif isinstance(err.schema, dict) and err.schema.get("x-no-echo"):
+                # a key whose wrong values may be secrets (a pasted API key): say what is
+                # expected, never the value
+                lines.append(f"{_dotted(err.absolute_path)}: not valid ({err.validator}: "
+                             f"{err.validator_value}); {err.schema.get('description', '').strip()}")
             else:
                 lines.append(f"{_dotted(err.absolute_path)}: {err.message}")
         raise DetoxflowError("invalid config:\n  " + "\n  ".join(lines))
