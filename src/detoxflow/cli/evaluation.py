@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from ..errors import DetoxflowError
-from . import add_runtime_args, json_arg
+from . import add_runtime_args, json_arg, model_load_options
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def _generate(args) -> None:
     prompts = read_jsonl(args.prompts)
     if not prompts:
         raise DetoxflowError(f"{args.prompts}: no prompts")
-    model = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    model = load_model(args.model, **model_load_options(args))
     tokenizer = load_tokenizer(args.model)
     preprompt = s.get("preprompt", "")
     inputs = [preprompt + p["text"] for p in prompts]
@@ -89,7 +89,7 @@ def _perplexity(args) -> None:
     s = args.settings
     rows = read_jsonl(args.text)
     text = "\n".join(r["text"] for r in rows)
-    model = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    model = load_model(args.model, **model_load_options(args))
     tokenizer = load_tokenizer(args.model)
     result = perplexity(model, tokenizer, text, window=s["window"], stride=s["stride"], max_tokens=s.get("max_tokens"))
     result.update(model=Path(args.model).name, metadata=read_metadata(args.model))
