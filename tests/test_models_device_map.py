@@ -116,3 +116,26 @@ def test_cli_passes_the_device_map(tiny_llama_dir, plain, text, tmp_path):
         out[name] = json.loads((tmp_path / f"{name}.json").read_text())
     assert "placed by device_map auto: ['disk']" in proc.stderr
     assert out["spread"]["perplexity"] == out["single"]["perplexity"]
+
+
+def test_aura_responses_with_a_device_map(tiny_llama_dir, tmp_path):
+    """AurA's recorded responses (forward hooks on the MLP projections) are the same when the
+    model is spread with offloaded layers."""
+    from safetensors.torch import load_file
+
+    from detoxflow.io import write_jsonl
+    from detoxflow.methods.aura.pipeline import run_responses
+
+    write_jsonl(tmp_path / "toxic.jsonl", [{"text": f"you are a stupid idiot number {i}"} for i in range(6)])
+    write_jsonl(tmp_path / "nontoxic.jsonl", [{"text": f"have a lovely day, friend {i}"} for i in range(6)])
+    settings = {"sentences_per_class": 5, "max_tokens": 16, "batch_size": 3}
+    files = {}
+    for name, placement in (("plain", {"device": "cpu"}),
+                            ("spread", {"device_map": HAND_MADE_MAP, "offload_folder": tmp_path / "offload"})):
+        files[name] = tmp_path / f"{name}.safetensors"
+        run_responses(tiny_llama_dir, tmp_path / "toxic.jsonl", tmp_path / "nontoxic.jsonl", settings, files[name],
+                      **placement)
+    plain, spread = load_file(files["plain"]), load_file(files["spread"])
+    assert plain.keys() == spread.keys() and len(plain) > 2
+    for key in plain:
+        assert torch.equal(plain[key], spread[key]), key
