@@ -129,7 +129,12 @@ def _missing_shard(folder: Path, index_name: str, shards: dict[str, list[str]]) 
 def _pickle_fault(path: Path) -> str | None:
     """Why ``torch.load(path, weights_only=True)`` refuses a .bin file, if it does."""
     try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+        try:  # mmap: the tensors of a large file are not read, only its pickle is checked
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc) and "zip" not in str(exc):
+                raise
+            torch.load(path, map_location="cpu", weights_only=True)  # the legacy (non-zip) format
     except pickle.UnpicklingError as exc:
         match = re.search(r"WeightsUnpickler error: (.*?)(?: Please use|$)", str(exc), flags=re.M)
         why = (match.group(1) if match else _first_line(exc)).strip().rstrip(".")
@@ -173,6 +178,8 @@ def _from_folder(load: Callable[[], Any], folder: str | os.PathLike, *, weights:
     check_folder_json(folder)
     try:
         return load()
+    except (MemoryError, torch.OutOfMemoryError):
+        raise
     except Exception as exc:  # noqa: BLE001 - examined below, re-raised when not a file fault
         fault = weights_fault(folder) if weights else None
         if fault:
