@@ -376,9 +376,9 @@ def load_model(
     except DetoxflowError as exc:
         if "offload" in str(exc) and offload_folder is None:
             raise DetoxflowError(
-                f"model folder '{path}' does not fit the GPUs and CPU memory allowed by model.max_memory, so part "
-                f"of it goes to disk: set model.offload_folder (a local folder with room for the weights) or raise "
-                f"model.max_memory"
+                f"model folder '{path}': part of the model goes to disk (model.device_map / model.max_memory) and "
+                f"its weights are not in safetensors files, so they must be re-saved: set model.offload_folder "
+                f"(a local folder with room for them) or raise model.max_memory"
             ) from None
         raise
     spread = getattr(model, "hf_device_map", None) or {"": str(next(model.parameters()).device)}
