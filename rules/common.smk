@@ -5,6 +5,7 @@
 # once (when its stage is enabled); see detoxflow.stages and docs/ARCHITECTURE.md.
 import json
 import os
+import shlex
 
 from detoxflow.cli import expose_cli_beside_interpreter
 from detoxflow.config import resolve_workflow_config
@@ -78,9 +79,17 @@ def model_folder(name):
     return f"{MODELS}/{name}"
 
 
-# --dtype/--device/--trust-remote-code of every command that loads a model (config `model:`)
-RUNTIME_ARGS = f"--dtype {config['model']['dtype']} --device {config['model']['device']}" + (
-    " --trust-remote-code" if config["model"]["trust_remote_code"] else ""
+# the model runtime options of every command that loads a model (config `model:`)
+MODEL = config["model"]
+RUNTIME_ARGS = " ".join(
+    arg
+    for arg in (
+        f"--dtype {MODEL['dtype']} --device {MODEL['device']} --device-map {MODEL['device_map']}",
+        MODEL["max_memory"] and f"--max-memory {shlex.quote(as_json(MODEL['max_memory']))}",
+        MODEL["offload_folder"] and f"--offload-folder {shlex.quote(MODEL['offload_folder'])}",
+        MODEL["trust_remote_code"] and "--trust-remote-code",
+    )
+    if arg
 )
 
 

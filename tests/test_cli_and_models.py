@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -86,3 +87,109 @@ def test_local_folder_round_trip(tmp_path, tiny_llama_dir):
         load_model(tmp_path, device="cpu")
     with pytest.raises(DetoxflowError, match="unknown dtype"):
         materialise(str(tiny_llama_dir), tmp_path / "b2", dtype="float8")
+
+
+# -- damaged model folders: one line naming the file, exit 2, nothing written -------------------
+
+def _safetensors_header(path):
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    return n, {k: v for k, v in json.loads(raw[8:8 + n]).items() if k != "__metadata__"}
+
+
+class _RunsCode:
+    """A pickled object whose unpickling would run code (creates the file named)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _break_truncated(folder, tmp_path):
+    """Cut model.safetensors one byte into the data of its third tensor (by offset)."""
+    path = folder / "model.safetensors"
+    n, header = _safetensors_header(path)
+    name, info = sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0])[2]
+    path.write_bytes(path.read_bytes()[:8 + n + info["data_offsets"][0] + 1])
+    return [str(path), f"tensor '{name}'", "truncated"]
+
+
+def _break_shard(folder, tmp_path):
+    """Re-save sharded and delete the last shard."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    model.save_pretrained(folder, max_shard_size="2MB")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    last = sorted(set(index["weight_map"].values()))[-1]
+    assert len(set(index["weight_map"].values())) >= 2
+    (folder / last).unlink()
+    first_tensor = next(t for t, shard in index["weight_map"].items() if shard == last)
+    return [str(folder / "model.safetensors.index.json"), last, f"tensor '{first_tensor}'", "missing"]
+
+
+def _break_pickle(folder, tmp_path):
+    """Replace the weights by a pytorch_model.bin that also holds a code-running object."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    state = dict(AutoModelForCausalLM.from_pretrained(folder).state_dict())
+    state["extra"] = _RunsCode(tmp_path / "code_ran")
+    (folder / "model.safetensors").unlink()
+    torch.save(state, folder / "pytorch_model.bin")
+    return [str(folder / "pytorch_model.bin"), "refused by weights-only loading", "Unsupported global"]
+
+
+def _break_config(folder, tmp_path):
+    (folder / "config.json").write_text('{"model_type": "gpt2", "n_embd": 32,\n  "n_layer" 2}')
+    return [str(folder / "config.json"), "not valid JSON", "line 2 column 13"]
+
+
+@pytest.mark.parametrize("fault", [_break_truncated, _break_shard, _break_pickle, _break_config],
+                         ids=["truncated-safetensors", "missing-shard", "unsafe-pickle", "config-not-json"])
+def test_a_damaged_model_folder_is_one_line_naming_the_file(tmp_path, tiny_gpt2_dir, fault):
+    import shutil
+
+    folder = tmp_path / "broken"
+    shutil.copytree(tiny_gpt2_dir, folder)
+    expected = fault(folder, tmp_path)
+    text = tmp_path / "text.jsonl"
+    text.write_text(json.dumps({"text": "Some text to measure the perplexity of, long enough."}) + "\n")
+    runs = {
+        "perplexity": ["perplexity", "--model", str(folder), "--text", str(text), "--device", "cpu",
+                       "--settings", json.dumps({"window": 16, "stride": 8}), "--out", str(tmp_path / "ppl.json")],
+        "materialise": ["materialise", "--spec", str(folder), "--out", str(tmp_path / "base")],
+    }
+    for command, argv in runs.items():
+        proc = _cli(*argv)
+        assert proc.returncode == 2, (command, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"detoxflow {command}: error: "), proc.stderr
+        for part in expected:
+            assert part in lines[0], (part, lines[0])
+    assert not (tmp_path / "ppl.json").exists() and not (tmp_path / "base").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name not in ("broken", "text.jsonl")] == []
+    assert not (tmp_path / "code_ran").exists()  # the pickled object was never run
+    with pytest.raises(DetoxflowError, match=re.escape(expected[0])):
+        load_model(folder, device="cpu")
+
+
+def test_sound_bin_and_sharded_folders_still_load(tmp_path, tiny_gpt2_dir):
+    """No false alarm: the same weights as pytorch_model.bin (tensors only) and as shards."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    reference = load_model(tiny_gpt2_dir, device="cpu")
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+    model.save_pretrained(tmp_path / "shards", max_shard_size="2MB")
+    assert (tmp_path / "shards" / "model.safetensors.index.json").is_file()
+    model.config.save_pretrained(tmp_path / "bin")
+    torch.save(model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")  # transformers 5 writes safetensors only
+    for name in ("bin", "shards"):
+        loaded = load_model(tmp_path / name, device="cpu")
+        ids = torch.tensor([[1, 2, 3, 4]])
+        with torch.no_grad():
+            assert torch.equal(loaded(ids).logits, reference(ids).logits), name

@@ -39,6 +39,8 @@ OVERRIDES = [
      "aura: {enabled: False, strengths: [0.5, 1], det0: {k: [10, 100]}}"),
     (["safeedit={enabled: true, n_instances: ~}", "dinm={enabled: TRUE}"],
      "safeedit: {enabled: true, n_instances: ~}\ndinm: {enabled: TRUE}"),
+    (["model={device_map: auto, max_memory: {0: 70GiB, 1: 68719476736, cpu: 200GiB}}"],
+     "model: {device_map: auto, max_memory: {0: 70GiB, 1: 68719476736, cpu: 200GiB}}"),
     (["model={base: gpt2-large, dtype: bfloat16, revision: '1234'}"],
      "model: {base: gpt2-large, dtype: bfloat16, revision: '1234'}"),
     (['evaluation={generation: {preprompt: "I don\'t care if this is controversial.\\n"}}'],

@@ -70,8 +70,11 @@ def test_batching_keeps_order_and_length(sort):
 def test_rejects_non_strings_and_out_of_range_values():
     with pytest.raises(DetoxflowError, match="text #1 is NoneType"):
         _LengthScorer().score(["ok", None])
-    with pytest.raises(RuntimeError, match="not a probability"):
-        _LengthScorer(scale=1.0).score(["toolong"])
+    with pytest.raises(DetoxflowError, match=r"text #1 scored 7\.0, not a probability"):
+        _LengthScorer(scale=1.0).score(["", "toolong"])
+    # the index is the position in the input, also when batches are sorted by length
+    with pytest.raises(DetoxflowError, match=r"text #2 scored nan"):
+        _LengthScorer(scale=float("nan"), sort=True, batch_size=1).score(["", "", "x"])
 
 
 def test_batch_size_must_be_positive():

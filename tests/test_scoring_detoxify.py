@@ -1,7 +1,14 @@
-"""The detoxify scorer against the detoxify package itself, on a fabricated
-Detoxify-format checkpoint (tiny random BERT + tiny tokenizer, all local)."""
+"""The detoxify scorer against the detoxify package itself, on fabricated
+Detoxify-format checkpoints (tiny random BERT / RoBERTa / XLM-R + tiny tokenizers, all local)."""
 
 from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -156,3 +163,155 @@ def test_weights_that_do_not_fit_the_config_are_refused(tmp_path, detoxify_files
                                              "intermediate_size": 64}).save_pretrained(wrong)
     with pytest.raises(DetoxflowError, match="do not fit the config"):
         build_scorer("detoxify", {"checkpoint": str(as_released), "tokenizer": str(wrong)})
+
+
+# -- the three release layouts ------------------------------------------------------------
+# What the release .ckpt files hold (detoxify's convert_weights.py: the Lightning state dict
+# without its "model." prefix, and the training config), with the configs of the released
+# models: `original` names its 6 outputs; `unbiased` has 16 outputs (7 named classes, then
+# 9 identity subgroups listed under identity_classes); `multilingual` has 16 outputs and
+# names only the first ("toxic").
+UNBIASED_CLASSES = ["toxicity", "severe_toxicity", "obscene", "identity_attack", "insult", "threat",
+                    "sexual_explicit"]
+IDENTITY_CLASSES = ["male", "female", "homosexual_gay_or_lesbian", "christian", "jewish", "muslim", "black",
+                    "white", "psychiatric_or_mental_illness"]
+LAYOUTS = {
+    # variant: (hub id in arch.args.model_type, model class, tokenizer class, num_classes, dataset.args)
+    "original": ("bert-base-uncased", "BertForSequenceClassification", "BertTokenizer", 6,
+                 {"classes": ORIGINAL_CLASSES}),
+    "unbiased": ("roberta-base", "RobertaForSequenceClassification", "RobertaTokenizer", 16,
+                 {"classes": UNBIASED_CLASSES, "identity_classes": IDENTITY_CLASSES, "loss_weight": 0.75}),
+    "multilingual": ("xlm-roberta-base", "XLMRobertaForSequenceClassification", "XLMRobertaTokenizer", 16,
+                     {"classes": ["toxic"]}),
+}
+MAX_TOKENS = 64  # the tiny tokenizers' model_max_length (512 in the real ones)
+LAYOUT_TEXTS = ["you are an idiot !", "hello world", "", "i love this movie , it is good .",
+                "stupid people " * 30, "the", "bad bad bad", "ça, c'est nul !", "you are a nice idiot"] * 2
+
+
+def _tiny_tokenizer(variant: str):
+    import transformers
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # the ids RoBERTa / XLM-R use
+    words = WORDS[5:]
+    if variant == "original":
+        return transformers.BertTokenizer(vocab={w: i for i, w in enumerate(WORDS)}, model_max_length=MAX_TOKENS)
+    if variant == "unbiased":  # byte-level BPE over single bytes
+        vocab = {t: i for i, t in enumerate(specials + list(bytes_to_unicode().values()))}
+        return transformers.RobertaTokenizer(vocab=vocab, merges=[], model_max_length=MAX_TOKENS)
+    pieces = [(t, 0.0) for t in specials] + [("\u2581" + w, -2.0) for w in words]
+    pieces += [(c, -6.0) for c in "abcdefghijklmnopqrstuvwxyz,.!'\u2581"]
+    return transformers.XLMRobertaTokenizer(vocab=pieces, model_max_length=MAX_TOKENS)
+
+
+def _write_release_checkpoint(variant: str, root, seed: int):
+    """(checkpoint, base-model folder as downloaded) of one variant."""
+    import transformers
+
+    hub_id, model_name, tokenizer_name, num_classes, dataset_args = LAYOUTS[variant]
+    tokenizer = _tiny_tokenizer(variant)
+    model_class = getattr(transformers, model_name)
+    shape = dict(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=32, max_position_embeddings=MAX_TOKENS)
+    if variant != "original":  # RoBERTa positions start after the padding index
+        shape.update(max_position_embeddings=MAX_TOKENS + 2, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    base = root / f"{variant}-base"
+    model_class.config_class(**shape).save_pretrained(base)  # the hub's config: no label count
+    tokenizer.save_pretrained(base)
+
+    torch.manual_seed(seed)
+    model = model_class(model_class.config_class(**shape, num_labels=num_classes, initializer_range=0.5)).eval()
+    state = OrderedDict(model.state_dict())
+    prefix = model.base_model_prefix
+    # buffers / layers that the transformers of the release (3.x) saved and today's drop
+    state[f"{prefix}.embeddings.position_ids"] = torch.arange(shape["max_position_embeddings"]).unsqueeze(0)
+    if variant != "original":
+        state[f"{prefix}.pooler.dense.weight"] = torch.zeros(16, 16)
+        state[f"{prefix}.pooler.dense.bias"] = torch.zeros(16)
+    config = {
+        "name": f"Jigsaw_{variant}", "n_gpu": 1, "batch_size": 10, "accumulate_grad_batches": 3,
+        "arch": {"type": variant.upper(), "args": {"num_classes": num_classes, "model_type": hub_id,
+                                                   "model_name": model_name, "tokenizer_name": tokenizer_name}},
+        "dataset": {"type": "JigsawData", "args": {"train_csv_file": "train.csv", "test_csv_file": "test.csv",
+                                                   "val_fraction": None, "create_val_set": False, **dataset_args}},
+        "optimizer": {"type": "Adam", "args": {"lr": 3e-5, "weight_decay": 3e-6, "amsgrad": True}},
+    }
+    ckpt = root / f"{variant}.ckpt"
+    torch.save({"state_dict": state, "config": config}, ckpt)
+    return ckpt, base
+
+
+def _hub_cache_with(folders: dict, cache):
+    """A Hugging Face hub cache (the layout huggingface_hub writes) holding ``{hub id: folder}``,
+    so the detoxify package, which fetches config and tokenizer by hub id, runs offline."""
+    revision = "0" * 40
+    for hub_id, folder in folders.items():
+        repo = cache / f"models--{hub_id}"
+        shutil.copytree(folder, repo / "snapshots" / revision)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(revision)
+    return cache
+
+
+REFERENCE_SCRIPT = """
+import json, sys
+from detoxify import Detoxify
+texts = json.loads(sys.argv[2])
+out = {}
+for variant, ckpt in json.loads(sys.argv[1]).items():
+    out[variant] = Detoxify(checkpoint=ckpt, device="cpu").predict(texts)
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def release_layouts(tmp_path_factory):
+    """{variant: (checkpoint, base folder)} and what the detoxify package predicts from them."""
+    root = tmp_path_factory.mktemp("detoxify-releases")
+    files = {v: _write_release_checkpoint(v, root, seed=i) for i, v in enumerate(LAYOUTS)}
+    cache = _hub_cache_with({LAYOUTS[v][0]: base for v, (_, base) in files.items()}, root / "hub")
+    # the package's own code path, unchanged: Detoxify(checkpoint=...) on the very same files,
+    # in a fresh interpreter (hub settings are read at import)
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    proc = subprocess.run(
+        [sys.executable, "-c", REFERENCE_SCRIPT, json.dumps({v: str(c) for v, (c, _) in files.items()}),
+         json.dumps(LAYOUT_TEXTS)], capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reference = json.loads(proc.stdout.strip().splitlines()[-1])
+    return files, reference
+
+
+@pytest.mark.parametrize("variant", list(LAYOUTS))
+def test_release_layouts_score_as_the_detoxify_package(variant, release_layouts):
+    files, reference = release_layouts
+    ckpt, base = files[variant]
+    expected = reference[variant]["toxicity"]
+    # the package reports the named classes only: 16 outputs but 7 (unbiased) / 1 (multilingual) names
+    assert len(reference[variant]) == len(LAYOUTS[variant][4]["classes"])
+    assert max(expected) - min(expected) > 0.05  # the random model does discriminate between texts
+    with build_scorer("detoxify", {"variant": variant, "checkpoint": str(ckpt), "tokenizer": str(base),
+                                   "device": "cpu"}, batch_size=4, progress=False) as scorer:
+        assert scorer.class_index == 0
+        assert scorer.model.config.num_labels == LAYOUTS[variant][3]
+        scores = scorer.score(LAYOUT_TEXTS)
+    assert scores == pytest.approx(expected, abs=1e-5)
+
+
+def test_release_checkpoints_load_weights_only(release_layouts):
+    files, _ = release_layouts
+    for ckpt, _ in files.values():
+        loaded = torch.load(ckpt, weights_only=True)
+        assert set(loaded) == {"state_dict", "config"}
+
+
+def test_more_class_names_than_outputs_is_refused(tmp_path, release_layouts):
+    files, _ = release_layouts
+    ckpt, base = files["unbiased"]
+    loaded = torch.load(ckpt, weights_only=True)
+    loaded["config"]["arch"]["args"]["num_classes"] = 5  # 7 names
+    bad = tmp_path / "bad.ckpt"
+    torch.save(loaded, bad)
+    with pytest.raises(DetoxflowError, match=r"num_classes=5 but config\.dataset\.args\.classes names 7"):
+        build_scorer("detoxify", {"variant": "unbiased", "checkpoint": str(bad), "tokenizer": str(base)})

@@ -18,17 +18,26 @@ from detoxflow.evaluation.scoring.perspective import RateLimiter
 KEY = "AIzaSy-TEST-k3y-0123456789abcdef"
 
 
-def value_of(text: str) -> float:
-    """What the fake API scores a text: a deterministic function of the text."""
-    return int(hashlib.md5(text.encode()).hexdigest()[:6], 16) / 0xFFFFFF
+def value_of(text: str, salt: str = "") -> float:
+    """What the fake API scores a text: a deterministic function of the text (and the server's salt)."""
+    return int(hashlib.md5((salt + text).encode()).hexdigest()[:6], 16) / 0xFFFFFF
 
 
 class FakePerspective:
     """Answers 429 then 500 before the real answer for every text (``flaky``);
     403 (echoing the key, as a careless server might) for a wrong key;
-    400 for texts listed in ``bad``; counts everything."""
+    400 for texts listed in ``bad``; ``values`` overrides the score of a text (NaN...);
+    ``trickle`` sends the answer one byte every ``trickle_interval`` seconds: its status
+    line and headers ("headers"), or its body with / without Content-Length ("body",
+    "body-no-length"); counts everything."""
 
-    def __init__(self):
+    def __init__(self, salt: str = "", tls=None):
+        self.salt = salt
+        self.languages = ["en"]
+        self.values = {}
+        self.trickle = None
+        self.trickle_interval = 0.5
+        self.closing = threading.Event()
         self.attempts = Counter()
         self.successes = Counter()
         self.requests = 0
@@ -46,13 +55,28 @@ class FakePerspective:
 
             def _send(self, status, obj, headers=()):
                 data = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in headers:
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
+                head = [f"HTTP/1.1 {status} X", "Content-Type: application/json", "Connection: close"]
+                if fake.trickle != "body-no-length":
+                    head.append(f"Content-Length: {len(data)}")
+                head += [f"{k}: {v}" for k, v in headers]
+                head = ("\r\n".join(head) + "\r\n\r\n").encode()
+                self.close_connection = True
+                if fake.trickle is None:
+                    self.wfile.write(head + data)
+                    return
+                slow, fast = (head, data) if fake.trickle == "headers" else (data, head)
+                try:
+                    if fake.trickle != "headers":
+                        self.wfile.write(fast)
+                    for i in range(len(slow)):
+                        if fake.closing.wait(fake.trickle_interval):
+                            return
+                        self.wfile.write(slow[i:i + 1])
+                        self.wfile.flush()
+                    if fake.trickle == "headers":
+                        self.wfile.write(fast)
+                except OSError:
+                    pass  # the client hung up
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -63,7 +87,7 @@ class FakePerspective:
                     n = fake.attempts[text]
                     if KEY in self.path:
                         fake.problems.append("key in URL")
-                    if body.get("doNotStore") is not True or body.get("languages") != ["en"] \
+                    if body.get("doNotStore") is not True or body.get("languages") != fake.languages \
                             or body.get("requestedAttributes") != {"TOXICITY": {}}:
                         fake.problems.append(f"bad body {body}")
                 if self.headers.get("x-goog-api-key") != KEY:
@@ -81,16 +105,26 @@ class FakePerspective:
                     return self._send(500, {"error": {"code": 500, "message": "internal"}})
                 with fake.lock:
                     fake.successes[text] += 1
+                value = fake.values.get(text, value_of(text, fake.salt))
                 self._send(200, {"attributeScores": {"TOXICITY": {
-                    "spanScores": [], "summaryScore": {"value": value_of(text), "type": "PROBABILITY"}}},
-                    "languages": ["en"]})
+                    "spanScores": [], "summaryScore": {"value": value, "type": "PROBABILITY"}}},
+                    "languages": fake.languages})
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1alpha1/comments:analyze"
+        scheme = "http"
+        if tls is not None:  # (certificate, private key) files
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}/v1alpha1/comments:analyze"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     def close(self):
+        self.closing.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -235,3 +269,218 @@ def test_rate_limiter_spaces_request_starts():
     limiter.wait()
     limiter.wait()
     assert now[0] == pytest.approx(11.25 + 0.25)
+
+
+# -- cache scope ---------------------------------------------------------------------------
+
+def test_cache_key_covers_endpoint_and_request_settings(tmp_path, monkeypatch):
+    """One cache file, two servers that score differently: each gets its own scores, and a
+    changed request setting (languages) is asked again instead of served from the cache."""
+    monkeypatch.setenv("DETOXFLOW_TEST_PERSPECTIVE_KEY", KEY)
+    a, b = FakePerspective(salt="a"), FakePerspective(salt="b")
+    a.flaky = b.flaky = False
+    texts = [f"text {i}" for i in range(5)]
+    try:
+        def run(server, **over):
+            with build_scorer("perspective", _options(server, tmp_path, **over), **FAST) as scorer:
+                return scorer.score(texts), scorer.texts_requested
+
+        assert run(a) == (pytest.approx([value_of(t, "a") for t in texts]), 5)
+        assert run(b) == (pytest.approx([value_of(t, "b") for t in texts]), 5)  # not a's cached scores
+        assert run(a) == (pytest.approx([value_of(t, "a") for t in texts]), 0)  # a's own cache entries
+        a.languages = ["en", "de"]
+        assert run(a, languages=["en", "de"])[1] == 5
+        assert a.successes == Counter({t: 2 for t in texts})
+        assert not a.problems and not b.problems
+    finally:
+        a.close()
+        b.close()
+
+
+# -- total deadline per request ------------------------------------------------------------
+
+@pytest.mark.parametrize("part", ["headers", "body", "body-no-length"])
+def test_a_trickling_answer_is_cut_off_at_the_total_deadline(fake, tmp_path, monkeypatch, part):
+    """One byte every 0.5 s never trips a per-read timeout of 1.5 s; the total deadline does."""
+    import time
+
+    monkeypatch.setenv("DETOXFLOW_TEST_PERSPECTIVE_KEY", KEY)
+    fake.flaky = False
+    fake.trickle = part
+    scorer = build_scorer("perspective", _options(fake, tmp_path, timeout=1.5, max_retries=1), **FAST)
+    t0 = time.monotonic()
+    with pytest.raises(DetoxflowError, match=r"giving up after 2 attempts; last: TimeoutError: no complete "
+                                             r"answer within evaluation\.toxicity\.perspective\.timeout = 1\.5 s"):
+        scorer.score(["slow text"])
+    elapsed = time.monotonic() - t0
+    scorer.close()
+    assert 2 * 1.5 <= elapsed < 2 * 1.5 + 1.5  # two attempts of 1.5 s each, not the ~60 s of trickling
+    assert fake.attempts["slow text"] == 2
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 (made with the openssl command line)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    root = tmp_path_factory.mktemp("tls")
+    cert, key = root / "cert.pem", root / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.mark.parametrize("part", ["headers", "body-no-length"])
+def test_https_trickle_is_cut_off_and_https_answers_are_read(tmp_path, monkeypatch, tls_files, part):
+    """The same over TLS (the real API's transport), trusting the test certificate."""
+    import time
+
+    monkeypatch.setenv("DETOXFLOW_TEST_PERSPECTIVE_KEY", KEY)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_files[0]))
+    server = FakePerspective(tls=tls_files)
+    try:
+        assert server.url.startswith("https://")
+        with build_scorer("perspective", _options(server, tmp_path), **FAST) as scorer:  # 429, 500, answer
+            assert scorer.score(["over tls"]) == pytest.approx([value_of("over tls")])
+        server.flaky = False
+        server.trickle = part
+        scorer = build_scorer("perspective", _options(server, tmp_path, timeout=1.5, max_retries=0), **FAST)
+        t0 = time.monotonic()
+        with pytest.raises(DetoxflowError, match=r"TimeoutError: no complete answer within"):
+            scorer.score(["slow over tls"])
+        assert 1.5 <= time.monotonic() - t0 < 3.0
+        scorer.close()
+        assert not server.problems
+    finally:
+        server.close()
+
+
+def test_a_slow_answer_within_the_deadline_is_read_whole(fake, tmp_path, monkeypatch):
+    monkeypatch.setenv("DETOXFLOW_TEST_PERSPECTIVE_KEY", KEY)
+    fake.flaky = False
+    fake.trickle, fake.trickle_interval = "body-no-length", 0.002  # ~150 bytes in ~0.3 s
+    with build_scorer("perspective", _options(fake, tmp_path, timeout=20), **FAST) as scorer:
+        assert scorer.score(["slow but fine"]) == pytest.approx([value_of("slow but fine")])
+
+
+# -- the wait budget of a job ----------------------------------------------------------------
+
+def test_retry_after_beyond_the_wait_budget_stops_the_job(fake, tmp_path, monkeypatch):
+    monkeypatch.setenv("DETOXFLOW_TEST_PERSPECTIVE_KEY", KEY)
+    sleeps = []
+    fake.retry_after = "30"
+    scorer = build_scorer("perspective", _options(fake, tmp_path, max_total_wait_s=10), sleep=sleeps.append,
+                          progress=False)
+    with pytest.raises(DetoxflowError, match=r"HTTP 429.*waiting 30\.0 s more \(the server's Retry-After\) would "
+                                             r"take this job's retry waits past "
+                                             r"evaluation\.toxicity\.perspective\.max_total_wait_s = 10 s"):
+        scorer.score(["x"])
+    assert all(s < 1 for s in sleeps)  # the 30 s were not slept
+    assert fake.attempts["x"] == 1
+
+
+def test_backoff_waits_add_up_to_at_most_the_budget(fake, tmp_path, monkeypatch):
+    monkeypatch.setenv("DETOXFLOW_TEST_PERSPECTIVE_KEY", KEY)
+    sleeps = []
+    fake.always_503 = True
+    scorer = build_scorer("perspective", _options(fake, tmp_path, max_retries=50, max_total_wait_s=5,
+                                                  qps=1000.0),
+                          sleep=sleeps.append, backoff_base=1.0, backoff_max=64.0, progress=False)
+    with pytest.raises(DetoxflowError, match=r"HTTP 503.*\(backoff\).*max_total_wait_s = 5 s"):
+        scorer.score(["a", "b", "c"])  # three texts share one budget
+    waits = [s for s in sleeps if s >= 0.3]  # backoff sleeps (rate-limiter sleeps are < 1 ms)
+    assert 0 < sum(waits) <= 5.0 and sum(waits) == pytest.approx(scorer.waited_s)
+    assert sum(fake.attempts.values()) < 3 * 51  # stopped long before max_retries
+
+
+# -- scores that are not probabilities -------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [float("nan"), 1.5, -0.25, float("inf")])
+def test_a_score_outside_0_1_is_an_error_naming_the_text(fake, tmp_path, monkeypatch, bad):
+    monkeypatch.setenv("DETOXFLOW_TEST_PERSPECTIVE_KEY", KEY)
+    fake.flaky = False
+    texts = ["fine 0", "fine 1", "", "broken", "fine 2"]
+    fake.values = {"broken": bad}
+    scorer = build_scorer("perspective", _options(fake, tmp_path), batch_size=2, **FAST)
+    with pytest.raises(DetoxflowError, match=rf"text #3 scored {bad}, not a probability in \[0, 1\]; "
+                                             r"nothing was cached"):
+        scorer.score(texts)
+    scorer.close()
+    fake.values = {}
+    with build_scorer("perspective", _options(fake, tmp_path), batch_size=2, **FAST) as again:
+        assert again.score(texts) == pytest.approx([value_of(t) if t else 0.0 for t in texts])
+    assert fake.successes["broken"] == 2  # asked again: the bad score was not cached
+
+
+# -- the key --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pasted", [KEY, "AIzaSyD0123456789abcdefghijklmnopqrstu", "sk live 123", "perspective_key"])
+def test_a_key_pasted_into_api_key_env_is_refused_without_echo(tmp_path, monkeypatch, caplog, pasted):
+    from detoxflow.config import validate_config
+
+    REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("PERSPECTIVE_API_KEY", KEY)
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(DetoxflowError, match=r"api_key_env must be the NAME of an environment variable") as err:
+        build_scorer("perspective", {"api_key_env": pasted, "cache": str(tmp_path / "c.sqlite")})
+    with pytest.raises(DetoxflowError, match=r"api_key_env: not valid \(pattern") as cfg_err:
+        validate_config({"evaluation": {"toxicity": {"perspective": {"api_key_env": pasted}}}},
+                        REPO / "src" / "detoxflow" / "schema")
+    for text in (str(err.value), str(cfg_err.value), caplog.text):
+        assert pasted not in text
+    assert not (tmp_path / "c.sqlite").exists()
+
+
+def test_nothing_a_scoring_run_writes_or_logs_holds_the_key(fake, tmp_path):
+    """The CLI end to end (debug logging, retries), then a run the server refuses while
+    echoing the key: every file written and every line logged is searched for the key."""
+    import os
+    import subprocess
+    import sys
+    import urllib.parse
+
+    work = tmp_path / "work"
+    gen = work / "results" / "eval" / "m" / "plain" / "generations.jsonl"
+    gen.parent.mkdir(parents=True)
+    gen.write_text("".join(json.dumps({"prompt": f"p{i}", "continuations": [f"c{i}a", f"c{i}b", ""]}) + "\n"
+                           for i in range(3)))
+    settings = {"scorer": "perspective", "threshold": 0.5, "batch_size": 4,
+                "perspective": {"url": fake.url, "qps": 50.0, "max_retries": 3, "timeout": 10,
+                                "api_key_env": "DETOXFLOW_TEST_PERSPECTIVE_KEY",
+                                "cache": str(work / "results" / "cache" / "p.sqlite")}}
+    out, metrics = gen.parent / "toxicity.jsonl", gen.parent / "toxicity_metrics.json"
+
+    def run(key):
+        env = {**os.environ, "DETOXFLOW_TEST_PERSPECTIVE_KEY": key}
+        return subprocess.run([sys.executable, "-m", "detoxflow", "-v", "score-toxicity", "--generations", str(gen),
+                               "--settings", json.dumps(settings), "--model-name", "base", "--prompting", "plain",
+                               "--out", str(out), "--metrics", str(metrics)],
+                              capture_output=True, text=True, env=env, cwd=work, timeout=300)
+
+    def assert_key_absent(key, proc):
+        forms = {key, urllib.parse.quote(key, safe=""), json.dumps(key)[1:-1]}
+        for path in [p for p in work.rglob("*") if p.is_file()]:
+            data = path.read_bytes()
+            assert not any(f.encode() in data for f in forms), f"key in {path}"
+        assert not any(f in proc.stdout + proc.stderr for f in forms)
+
+    proc = run(KEY)
+    assert proc.returncode == 0, proc.stderr
+    assert "retry" in proc.stderr  # debug logging was on, and the 429 / 500 retries were logged
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[1]["toxicity"] == pytest.approx([value_of("c1a"), value_of("c1b"), 0.0])
+    assert_key_absent(KEY, proc)
+
+    wrong = "AIzaSy-WRONG-key-for-the-echo-test-000"
+    out.unlink()
+    metrics.unlink()
+    settings["perspective"]["cache"] = str(work / "results" / "cache" / "p2.sqlite")
+    proc = run(wrong)
+    assert proc.returncode == 2 and "HTTP 403" in proc.stderr and "[REDACTED]" in proc.stderr
+    assert proc.stderr.count("error:") == 1 and "Traceback" not in proc.stderr
+    assert not out.exists() and not metrics.exists()
+    assert_key_absent(wrong, proc)

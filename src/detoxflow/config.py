@@ -119,7 +119,9 @@ def resolve_command_line(values: Mapping) -> tuple[dict, dict[tuple, str]]:
 
     def walk(value, path):
         if isinstance(value, Mapping):
-            return {k: walk(v, path + (k,)) for k, v in value.items()}
+            # keys too: {0: 70GiB} in a file has the key 0
+            keys = {k: resolve_scalar(k) if isinstance(k, str) and path else k for k in value}
+            return {keys[k]: walk(v, path + (keys[k],)) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return [walk(v, path + (i,)) for i, v in enumerate(value)]
         if isinstance(value, str):
@@ -217,6 +219,10 @@ def _error_lines(errors) -> list[str]:
             for key in extra:
                 name = f"{where}.{key}" if err.absolute_path else key
                 lines.append(f"{name}: unknown key (allowed here: {known})")
+        elif isinstance(err.schema, dict) and err.schema.get("x-no-echo"):
+            # a key whose wrong values may be secrets (a pasted API key): say what is expected, never the value
+            lines.append(f"{_dotted(err.absolute_path)}: not valid ({err.validator}: "
+                         f"{err.validator_value}); {err.schema.get('description', '').strip()}")
         elif err.validator in ("oneOf", "anyOf") and err.context:
             # name what is wrong in the alternative of the value's type, not "is not valid under any of ..."
             lines.append(f"{_dotted(err.absolute_path)}: {_closest_alternative(err).message}")

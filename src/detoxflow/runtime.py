@@ -55,10 +55,20 @@ def hf_token() -> str | None:
 
 
 def input_device(model) -> torch.device:
-    """Where a model's inputs go: the device of its input embeddings.
+    """Where a model's inputs go: the device the input embeddings run on.
 
-    The same as ``next(model.parameters()).device`` for a model on one device;
-    for a model spread over several devices with a ``device_map`` it is the
-    first one, where Accelerate's hooks expect the token ids.
+    The same as ``next(model.parameters()).device`` for a model on one device.
+    For a model spread with a ``device_map`` it is the embeddings' device, where
+    Accelerate's hooks expect the token ids; where the embeddings are offloaded
+    (to CPU or disk, their weights on the ``meta`` device until used) it is the
+    device their hook runs them on.
     """
-    return model.get_input_embeddings().weight.device
+    embeddings = model.get_input_embeddings()
+    hook = getattr(embeddings, "_hf_hook", None)
+    for h in getattr(hook, "hooks", None) or ([hook] if hook is not None else []):
+        execution = getattr(h, "execution_device", None)
+        if isinstance(execution, int):  # accelerate's GPU index
+            return torch.device("cuda", execution)
+        if execution is not None:
+            return torch.device(execution)
+    return embeddings.weight.device

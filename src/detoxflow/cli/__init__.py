@@ -64,14 +64,29 @@ def add_runtime_args(p, *, device: bool = True) -> None:
     p.add_argument("--dtype", default="float32", help="auto | float32 | bfloat16 | float16")
     if device:
         p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+        p.add_argument("--device-map", default="single",
+                       help="single (all on --device) | auto | balanced | balanced_low_0 | sequential "
+                            "(spread over the visible GPUs, then CPU, then disk)")
+        p.add_argument("--max-memory", type=json_arg, default=None,
+                       help='JSON: per-device caps for --device-map, e.g. {"0": "70GiB", "cpu": "200GiB"}')
+        p.add_argument("--offload-folder", default=None, help="where --device-map puts weights that go to disk")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub to run")
+
+
+def model_load_options(args) -> dict:
+    """``load_model`` keyword arguments from the options of :func:`add_runtime_args`."""
+    options = {"dtype": args.dtype, "trust_remote_code": args.trust_remote_code}
+    if hasattr(args, "device"):
+        options.update(device=args.device, device_map=args.device_map, max_memory=args.max_memory,
+                       offload_folder=args.offload_folder)
+    return options
 
 
 def load_model_and_tokenizer(args, **tokenizer_kwargs):
     """The model folder ``args.model`` loaded with the runtime options of :func:`add_runtime_args`."""
     from ..models import load_model, load_tokenizer
 
-    model = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    model = load_model(args.model, **model_load_options(args))
     return model, load_tokenizer(args.model, **tokenizer_kwargs)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import add_runtime_args, json_arg, settings_arg
+from . import add_runtime_args, json_arg, model_load_options, settings_arg
 
 
 
@@ -51,8 +51,7 @@ def _responses(args) -> None:
 
     run_responses(
         args.model, args.toxic, args.nontoxic, args.settings, args.out, args.sentences,
-        dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
-        names=(Path(args.toxic).stem, Path(args.nontoxic).stem),
+        names=(Path(args.toxic).stem, Path(args.nontoxic).stem), **model_load_options(args),
     )
 
 

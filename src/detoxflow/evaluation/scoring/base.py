@@ -56,6 +56,7 @@ class Scorer(ABC):
         self.batch_size = int(batch_size)
         self.progress = progress
         self._bar = None
+        self._batch_indices: Sequence[int] = ()  # input positions of the batch being scored
 
     # -- construction from config -------------------------------------------------
     @classmethod
@@ -98,13 +99,14 @@ class Scorer(ABC):
                 for start in range(0, n, self.batch_size):
                     idx = order[start:start + self.batch_size]
                     batch = [texts[i] for i in idx]
+                    self._batch_indices = idx  # input positions of this batch, for error messages
                     values = list(self._score_batch(batch))
                     if len(values) != len(batch):
                         raise RuntimeError(
                             f"{self.name}: scored {len(values)} of {len(batch)} texts in a batch"
                         )
                     for i, v in zip(idx, values):
-                        out[i] = self._check(v)
+                        out[i] = self._check(v, i)
                     if not self.reports_progress:
                         bar.update(len(batch))
             finally:
@@ -115,10 +117,11 @@ class Scorer(ABC):
         if self._bar is not None:
             self._bar.update(n)
 
-    def _check(self, value: Any) -> float:
+    def _check(self, value: Any, index: int) -> float:
+        """``value`` as a probability; ``index`` is the text's position in the input."""
         v = float(value)
         if not math.isfinite(v) or v < -_EPS or v > 1 + _EPS:
-            raise RuntimeError(f"{self.name}: produced {v}, not a probability in [0, 1]")
+            raise DetoxflowError(f"{self.name}: text #{index} scored {v}, not a probability in [0, 1]")
         return min(1.0, max(0.0, v))
 
     @abstractmethod

@@ -81,20 +81,30 @@ def load_detoxify_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{_key('checkpoint')} = {p}: Detoxify config lacks {exc} "
             f"(expected config.arch.args.{{model_name,num_classes}} and config.dataset.args.classes)"
         ) from None
-    if num_classes != len(classes):
+    if num_classes < len(classes):
+        # Detoxify reads output i as classes[i]; more names than outputs cannot be scored.
+        # More outputs than names is normal: unbiased and multilingual have 16 outputs
+        # (the main classes, then identity subgroups) and name only the first ones.
         raise DetoxflowError(
-            f"{_key('checkpoint')} = {p}: num_classes={num_classes} but {len(classes)} class names"
+            f"{_key('checkpoint')} = {p}: config.arch.args.num_classes={num_classes} but "
+            f"config.dataset.args.classes names {len(classes)} classes; a Detoxify checkpoint has at "
+            f"least one output per class name"
         )
     return {"state_dict": loaded["state_dict"], "args": dict(args), "classes": classes,
             "model_name": model_name, "num_classes": num_classes}
 
 
 def toxicity_index(classes: Sequence[str]) -> int:
-    """Index of the toxicity class ("toxic" / "toxicity") in Detoxify's class list."""
+    """The output Detoxify reports as "toxicity": the index of "toxic" / "toxicity" in
+    the class list (output i is classes[i]; outputs past the list are not reported).
+
+    Detoxify fills its result dict in class order, so where a renamed name occurs
+    twice the last one wins; so it does here.
+    """
     names = [_RENAME.get(c, c) for c in classes]
     if "toxicity" not in names:
         raise DetoxflowError(f"the Detoxify checkpoint has no 'toxic'/'toxicity' class among {list(classes)}")
-    return names.index("toxicity")
+    return len(names) - 1 - names[::-1].index("toxicity")
 
 
 class DetoxifyScorer(Scorer):

@@ -32,15 +32,17 @@ def run_responses(
     device: str = "auto",
     trust_remote_code: bool = False,
     names: tuple[str, str] = ("toxic", "nontoxic"),
+    **placement,
 ) -> dict:
-    """Record pooled responses; ``settings`` holds the recording keys of the validated ``aura`` section."""
+    """Record pooled responses; ``settings`` holds the recording keys of the validated ``aura`` section,
+    ``placement`` (``device_map``, ``max_memory``, ``offload_folder``) goes to :func:`detoxflow.models.load_model`."""
     cfg = settings
     seed_everything(int(cfg["seed"]))
     texts, labels = sample_sentences(
         read_jsonl(toxic_path), read_jsonl(nontoxic_path), int(cfg["sentences_per_class"]), int(cfg["seed"]),
         names=names,
     )
-    model = load_model(model_dir, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    model = load_model(model_dir, dtype=dtype, device=device, trust_remote_code=trust_remote_code, **placement)
     tokenizer = load_tokenizer(model_dir, padding_side="right")
     modules = select_modules(model, cfg["modules"])
     n_units = sum(output_units(m) for m in modules.values())
