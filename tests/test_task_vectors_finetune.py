@@ -517,6 +517,41 @@ def test_data_parallel_on_two_cpu_processes_matches_one_process(tmp_path, tiny_g
     pre = _weights(base)
     assert min((a[k] - pre[k]).abs().max().item() for k in a) > 5e-3
 
+    # killed (the whole process group, SIGKILL) after a checkpoint, then rerun: the same weights as an
+    # uninterrupted two-process run; the killed run's lock is taken over
+    def variant(state_name, out_name, **changes):
+        c = [x if x != str(tmp_path / "s") else str(tmp_path / state_name) for x in cmd]
+        c[c.index("--out") + 1] = str(tmp_path / out_name)
+        c[c.index("--settings") + 1] = json.dumps(dict(settings, **changes))
+        return c
+
+    longer = {"epochs": 6, "checkpoint_every": 1}  # 24 steps: time to kill it mid-way
+    ref = subprocess.run(variant("s_ref", "ddp_ref", **longer), capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    resumed = variant("s_kill", "ddp_resumed", **longer)
+    proc = subprocess.Popen(resumed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "s_kill" / "checkpoint" / "state.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.is_file() and json.loads(ckpt.read_text())["step"] >= 3:
+            break
+        time.sleep(0.02)
+    import psutil
+
+    launcher = psutil.Process(proc.pid)
+    for p in [*launcher.children(recursive=True), launcher]:  # the workers live in sessions of their own
+        p.kill()
+    proc.wait()
+    if not (tmp_path / "s_kill" / "lock").is_file():
+        pytest.skip("training finished before it could be killed")
+    done = subprocess.run(resumed, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "taking over the lock" in done.stderr
+    log2 = json.loads((tmp_path / "ddp_resumed" / "training.json").read_text())
+    assert log2["resumed_from_step"] >= 3 and log2["processes"] == 2 and log2["steps"] == 24
+    r, c = _weights(tmp_path / "ddp_ref"), _weights(tmp_path / "ddp_resumed")
+    assert all(torch.equal(r[k], c[k]) for k in r)
+
     # a held state folder: the main process's refusal reaches every process, which all exit (no hang)
     state = tmp_path / "held"
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(state)], stdout=subprocess.PIPE, text=True,
@@ -532,3 +567,34 @@ def test_data_parallel_on_two_cpu_processes_matches_one_process(tmp_path, tiny_g
     assert proc.returncode != 0
     assert proc.stderr.count(f"is in use by pid {holder.pid}") == 2, proc.stderr[-3000:]  # both ranks say why
     assert not (tmp_path / "held_out").exists()
+
+
+def _accelerator_double(kind: str, ds_config: dict | None = None, fsdp2: bool = True):
+    """Stands in for an Accelerator under FSDP / DeepSpeed (attributes that configure_sharding reads)."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    return SimpleNamespace(distributed_type=getattr(DistributedType, kind), is_fsdp2=fsdp2,
+                           state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(deepspeed_config=ds_config)))
+
+
+def test_configure_sharding_fills_deepspeed_auto_values_and_refuses_contradictions():
+    settings = _settings(batch_size=4, max_grad_norm=0.5)
+    cfg = {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+           "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": "auto"}}
+    ft_module.configure_sharding(_accelerator_double("DEEPSPEED", cfg), settings)
+    assert cfg["train_micro_batch_size_per_gpu"] == 4 and cfg["gradient_accumulation_steps"] == 1
+    assert cfg["gradient_clipping"] == 0.5  # absent: taken from max_grad_norm
+    assert cfg["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    for key, value in [("gradient_accumulation_steps", 2), ("train_micro_batch_size_per_gpu", 8),
+                       ("gradient_clipping", 1.0)]:
+        with pytest.raises(DetoxflowError, match=f"DeepSpeed config {key} is {value!r}"):
+            ft_module.configure_sharding(_accelerator_double("DEEPSPEED", {key: value}), settings)
+    no_gather = {"zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": False}}
+    with pytest.raises(DetoxflowError, match="stage3_gather_16bit_weights_on_model_save must be true"):
+        ft_module.configure_sharding(_accelerator_double("DEEPSPEED", no_gather), settings)
+    with pytest.raises(DetoxflowError, match="fsdp_version: 2"):
+        ft_module.configure_sharding(_accelerator_double("FSDP", fsdp2=False), settings)
+    ft_module.configure_sharding(_accelerator_double("FSDP", fsdp2=True), settings)  # FSDP2: nothing to change
+    ft_module.configure_sharding(_accelerator_double("MULTI_CPU"), settings)

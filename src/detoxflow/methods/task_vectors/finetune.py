@@ -666,16 +666,26 @@ def _lock_state(accelerator, state_dir: Path) -> tuple[StateLock | None, str]:
     return lock, run_id
 
 
-def _configure_deepspeed(accelerator, settings: FinetuneSettings) -> None:
-    """Fill the DeepSpeed config's ``auto`` values from the settings; refuse values that contradict them.
+def configure_sharding(accelerator, settings: FinetuneSettings) -> None:
+    """Check and complete an FSDP / DeepSpeed setup before ``prepare`` (nothing to do otherwise).
 
-    The loop marks the accumulation boundary itself and divides the loss by the
-    number of micro-batches, so DeepSpeed's own accumulation must be 1. ZeRO-3
-    must gather the weights to save the model. (Reasoned from accelerate's
-    code; not run here: no GPU, no deepspeed.)
+    - FSDP version 1 is refused: it needs the optimizer built after wrapping;
+      FSDP2 (``fsdp_version: 2``) takes model and optimizer together.
+    - DeepSpeed: the loop marks the accumulation boundary itself and divides
+      the loss by the micro-batches of the step, so DeepSpeed's own
+      accumulation must be 1; the micro-batch and the clipping come from the
+      settings (``auto`` is filled in, a contradicting value refused); ZeRO-3
+      must gather the weights so that the model can be saved.
+
+    Reasoned from accelerate's code; not run here (no GPU, no deepspeed package).
     """
     from accelerate.utils import DistributedType
 
+    if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
+        raise DetoxflowError(
+            "FSDP version 1 is not supported by the fine-tune (it needs the optimizer built after wrapping): "
+            "set fsdp_version: 2 in the accelerate config file (task_vectors.finetune.accelerate.config_file)"
+        )
     if accelerator.distributed_type != DistributedType.DEEPSPEED:
         return
     cfg = accelerator.state.deepspeed_plugin.deepspeed_config
@@ -688,15 +698,18 @@ def _configure_deepspeed(accelerator, settings: FinetuneSettings) -> None:
         elif float(have) != float(value):
             raise DetoxflowError(
                 f"DeepSpeed config {key} is {have!r} but the fine-tune needs {value!r} "
-                f"(task_vectors.finetune batch_size / grad_accum / max_grad_norm): set it to \"auto\""
+                f"(from task_vectors.finetune batch_size / grad_accum / max_grad_norm): set it to \"auto\""
             )
     zero = cfg.get("zero_optimization", {})
+    key = "stage3_gather_16bit_weights_on_model_save"
     if zero.get("stage") == 3:
-        key = "stage3_gather_16bit_weights_on_model_save"
         if zero.get(key, "auto") == "auto":
             zero[key] = True
         elif zero[key] is not True:
-            raise DetoxflowError(f"DeepSpeed config zero_optimization.{key} must be true (or auto) to save the model")
+            raise DetoxflowError(
+                f"DeepSpeed config zero_optimization.{key} must be true to save the model under ZeRO-3: set "
+                f"zero3_save_16bit_model: true in the accelerate config file (or {key}: true in the DeepSpeed JSON)"
+            )
 
 
 def _ndim(p: torch.Tensor) -> int:
@@ -842,7 +855,7 @@ def _train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, warmup, settings.schedule)
     )
-    _configure_deepspeed(accelerator, settings)
+    configure_sharding(accelerator, settings)
     model, optimizer = accelerator.prepare(model, optimizer)
     start, history = load_checkpoint(state_dir, fp, model, optimizer, scheduler, accelerator)
     log.info(
