@@ -35,6 +35,7 @@ accelerate's own sharded state and the final weights are gathered before saving.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -747,6 +748,26 @@ def _load_model(base_dir: Path, settings: FinetuneSettings, trust_remote_code: b
     return model
 
 
+@contextlib.contextmanager
+def _plain_loading():
+    """Load a model in full although ZeRO-3's partitioned loading is on in this process.
+
+    Under DeepSpeed ZeRO-3 accelerate registers its config with transformers, and
+    ``from_pretrained`` then partitions the model across processes (a collective);
+    the main process's CPU copy for saving must be an ordinary model.
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    ref = hf_deepspeed._hf_deepspeed_config_weak_ref
+    config = ref() if ref is not None else None
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if config is not None:
+            hf_deepspeed.set_hf_deepspeed_config(config)
+
+
 def _load_full_state(model, state: dict[str, torch.Tensor]) -> None:
     """Load a gathered state dict; a key may be absent only if a tied alias of it is present."""
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -772,7 +793,8 @@ def _model_to_save(accelerator, model, base_dir: Path, settings: FinetuneSetting
         state = accelerator.get_state_dict(model)  # collective
         if not accelerator.is_main_process:
             return None
-        final = _load_model(base_dir, settings, trust_remote_code)
+        with _plain_loading():
+            final = _load_model(base_dir, settings, trust_remote_code)
         _load_full_state(final, {k: v.to("cpu") for k, v in state.items()})
     elif accelerator.is_main_process:
         final = accelerator.unwrap_model(model)
