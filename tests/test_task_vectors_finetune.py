@@ -282,7 +282,8 @@ def test_schema_defaults_match_the_settings():
 
     from pathlib import Path
 
-    schema = yaml.safe_load((Path(__file__).parents[1] / "workflow/schemas/sections/task_vectors.schema.yaml").read_text())
+    section = Path(__file__).parents[1] / "workflow/schemas/sections/task_vectors.schema.yaml"
+    schema = yaml.safe_load(section.read_text())
     props = schema["properties"]["finetune"]["properties"]
     defaults = FinetuneSettings()
     for f in dataclasses.fields(FinetuneSettings):

@@ -245,14 +245,18 @@ def _by_file(keys: list[str], wmap: dict[str, str]) -> list[tuple[str, list[str]
     return sorted(grouped.items())
 
 
-def source_keys(base: Path, finetuned: list[Path], maps: list[dict[str, str]], base_map: dict[str, str]) -> list[dict[str, str]]:
+def source_keys(
+    base: Path, finetuned: list[Path], maps: list[dict[str, str]], base_map: dict[str, str]
+) -> list[dict[str, str]]:
     """For each fine-tuned model: base tensor name -> the name it is stored under there.
 
     A floating tensor of the base must be in every fine-tuned model (itself or a
     tied alias), and a fine-tuned model may hold no tensor that is neither a base
     tensor nor an alias of one; otherwise the error names folder, file and tensors.
     """
-    dtypes = {key: dtype for fname in sorted(set(base_map.values())) for key, dtype in _file_dtypes(base, fname).items()}
+    dtypes = {}
+    for fname in sorted(set(base_map.values())):
+        dtypes.update(_file_dtypes(base, fname))
     floating = {key for key in base_map if dtypes.get(key) in FLOAT_DTYPES}
     aliases: dict[str, set[str]] | None = None
     sources, problems = [], []
