@@ -100,27 +100,78 @@ def _with_extra(src: Path, dst: Path, extra: dict[str, torch.Tensor], drop: tupl
     return dst
 
 
-def test_integer_buffers_and_missing_tensors_are_copied_from_base(tmp_path, gpt2_family):
+def test_integer_buffers_are_copied_from_base(tmp_path, gpt2_family):
     base0, fts0 = gpt2_family
     ints = {"buf.position_ids": torch.arange(10).unsqueeze(0), "buf.mask": torch.tensor([True, False, True])}
     base = _with_extra(base0, tmp_path / "base", ints)
     ft_a = _with_extra(fts0[0], tmp_path / "a", {"buf.position_ids": torch.arange(10).unsqueeze(0) * 3,
                                                    "buf.mask": torch.tensor([False, False, False])})
-    # b lacks one floating tensor: it must be copied from the base and reported
-    ft_b = _with_extra(fts0[1], tmp_path / "b", {"buf.position_ids": torch.zeros(1, 10, dtype=torch.long),
-                                                   "buf.mask": torch.tensor([True, True, True])},
-                       drop=("transformer.ln_f.bias",))
+    # b does not store the integer buffers at all: they come from the base anyway
+    ft_b = _with_extra(fts0[1], tmp_path / "b", {})
     out = tmp_path / "merged"
     report = merge_task_vectors(base, [ft_a, ft_b], out, lam=1.0)
     got, pre = load_file(out / "model.safetensors"), load_file(base / "model.safetensors")
     assert torch.equal(got["buf.position_ids"], ints["buf.position_ids"])
     assert got["buf.position_ids"].dtype == torch.long
     assert torch.equal(got["buf.mask"], ints["buf.mask"])
-    assert torch.equal(got["transformer.ln_f.bias"], pre["transformer.ln_f.bias"])
     assert set(report["copied_non_floating"]) == {"buf.position_ids", "buf.mask"}
-    assert report["copied_missing_in_finetuned"] == ["transformer.ln_f.bias"]
-    # everything else was combined
-    assert not torch.equal(got["transformer.ln_f.weight"], pre["transformer.ln_f.weight"])
+    # every floating tensor was combined
+    assert report["combined_tensors"] == len(pre) - 2
+    assert not torch.equal(got["transformer.ln_f.bias"], pre["transformer.ln_f.bias"])
+
+
+def _cli_merge(base, fts, out, capsys) -> tuple[int, list[str]]:
+    from detoxflow.cli import main
+
+    capsys.readouterr()
+    rc = main(["tv-merge", "--base", str(base), "--finetuned", *map(str, fts), "--lambda", "1.0", "--out", str(out)])
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    return rc, err
+
+
+def _no_output(out: Path) -> bool:
+    return not out.exists() and not list(out.parent.glob(f".{out.name}.*"))
+
+
+def test_cli_finetuned_model_lacking_a_base_tensor_fails_naming_it(tmp_path, gpt2_family, capsys):
+    base, fts = gpt2_family
+    lacking = _with_extra(fts[1], tmp_path / "lacking", {},
+                          drop=("transformer.ln_f.bias", "transformer.h.0.attn.c_proj.weight"))
+    out = tmp_path / "merged"
+    rc, err = _cli_merge(base, [fts[0], lacking], out, capsys)
+    assert rc == 2 and len(err) == 1, err
+    line = err[0]
+    assert line.startswith("detoxflow tv-merge: error:")
+    assert f"'{lacking}' lacks transformer.h.0.attn.c_proj.weight, transformer.ln_f.bias" in line
+    assert "model.safetensors" in line and str(fts[0]) + "'" not in line  # only the culprit is named
+    assert _no_output(out)
+
+
+def test_cli_finetuned_model_with_extra_tensors_fails_naming_them(tmp_path, gpt2_family, capsys):
+    base, fts = gpt2_family
+    extra = _with_extra(fts[0], tmp_path / "extra", {"transformer.h.0.attn.extra.weight": torch.zeros(3, 3),
+                                                     "score.bias": torch.zeros(2)})
+    out = tmp_path / "merged"
+    rc, err = _cli_merge(base, [extra, fts[1]], out, capsys)
+    assert rc == 2 and len(err) == 1, err
+    assert (f"'{extra}' has tensor(s) the base lacks: score.bias, transformer.h.0.attn.extra.weight "
+            f"(in model.safetensors)") in err[0]
+    assert _no_output(out)
+
+
+def test_finetuned_model_storing_only_the_tied_alias_is_read_through_it(tmp_path, gpt2_family):
+    base, fts = gpt2_family
+    # the fine-tune stores the tied matrix under the output name only: the same parameter
+    renamed = tmp_path / "renamed"
+    shutil.copytree(fts[0], renamed)
+    tensors = load_file(renamed / "model.safetensors")
+    tensors["lm_head.weight"] = tensors.pop("transformer.wte.weight")
+    save_file(tensors, str(renamed / "model.safetensors"), metadata={"format": "pt"})
+    a = merge_task_vectors(base, [renamed, fts[1]], tmp_path / "a", lam=1.0)
+    b = merge_task_vectors(base, [fts[0], fts[1]], tmp_path / "b", lam=1.0)
+    assert a["combined_tensors"] == b["combined_tensors"]
+    got, want = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
 
 
 def test_shape_mismatch_names_the_tensor(tmp_path, gpt2_family):

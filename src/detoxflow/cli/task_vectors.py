@@ -101,7 +101,7 @@ def register(sub) -> None:
     p.add_argument("--part", type=int, required=True)
     p.add_argument("--settings", type=json_arg, required=True, help="the task_vectors.finetune section as JSON")
     p.add_argument("--objective", choices=["descent", "ascent"], default="descent")
-    p.add_argument("--state-dir", required=True, help="resumable checkpoint folder (kept outside the output)")
+    p.add_argument("--state-dir", required=True, help="resumable checkpoint folder (kept outside the output; locked while a fine-tune uses it)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--trust-remote-code", action="store_true")

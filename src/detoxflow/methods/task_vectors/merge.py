@@ -8,14 +8,19 @@ shared lambda that is the same model.
 
 Rules:
 
-- Only floating-point tensors stored in the base model AND every fine-tuned
-  model are combined. Integer and boolean tensors (buffers such as position
-  ids or attention masks) are copied from the base untouched; a floating
-  tensor missing from some fine-tuned model is copied from the base and listed
-  in ``detoxflow.json``.
+- Every floating-point tensor of the base is combined, so every fine-tuned
+  model must hold it (under its own name or, for a tied weight, under an alias
+  of the same parameter). Integer and boolean tensors (buffers such as
+  position ids or attention masks) are copied from the base untouched.
+- A fine-tuned model that lacks a floating tensor of the base, or holds a
+  tensor the base does not have, is an error naming the folder, the file and
+  the tensors: copying the base's value instead would silently drop that
+  tensor's task vector.
 - Tied weights are combined once: the base folder's safetensors store a tied
   matrix once (``save_pretrained`` drops the alias), and only the base's keys
-  are visited. An alias that a fine-tuned folder happens to store is ignored.
+  are visited. An alias that a fine-tuned folder happens to store as well is
+  ignored; aliases are read off the architecture built from ``config.json``
+  on the meta device (no weights are allocated).
 - A different ``model_type``, a tensor whose shape differs, or no common
   floating tensor at all is an error that names the culprit.
 
@@ -120,6 +125,14 @@ def _tensor_info(folder: Path, filename: str, key: str) -> tuple[str, tuple[int,
         return sl.get_dtype(), tuple(sl.get_shape())
 
 
+def _file_dtypes(folder: Path, filename: str) -> dict[str, str]:
+    """Tensor name -> safetensors dtype name for every tensor of one file (header only)."""
+    from safetensors import safe_open
+
+    with safe_open(str(folder / filename), framework="pt") as fh:
+        return {key: fh.get_slice(key).get_dtype() for key in fh.keys()}
+
+
 def _tensor_shape(folder: Path, filename: str, key: str) -> tuple[int, ...]:
     return _tensor_info(folder, filename, key)[1]
 
@@ -198,8 +211,85 @@ def _model_type(folder: Path) -> str | None:
     return json.loads(cfg.read_text()).get("model_type")
 
 
-def check_compatible(base: Path, finetuned: list[Path], maps: list[dict[str, str]], base_map: dict[str, str]) -> None:
-    """Same model_type everywhere and the same shape for every shared tensor."""
+def tied_aliases(folder: Path) -> dict[str, set[str]]:
+    """Tensor name -> the other names of the same parameter or buffer (tied weights).
+
+    Built from the folder's ``config.json`` on the meta device, so nothing is
+    allocated. An architecture that transformers cannot build (custom code)
+    yields no aliases: every name then has to match exactly.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(folder)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except (ValueError, KeyError, TypeError, AttributeError, OSError, ImportError, RuntimeError) as exc:
+        log.debug("no tied-weight aliases for %s: %s", folder, exc)
+        return {}
+    groups: dict[int, list[str]] = {}
+    for name, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        groups.setdefault(id(tensor), []).append(name)
+    return {name: set(names) - {name} for names in groups.values() if len(names) > 1 for name in names}
+
+
+def _names(keys: list[str], limit: int = 6) -> str:
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def _by_file(keys: list[str], wmap: dict[str, str]) -> list[tuple[str, list[str]]]:
+    grouped: dict[str, list[str]] = {}
+    for key in keys:
+        grouped.setdefault(wmap[key], []).append(key)
+    return sorted(grouped.items())
+
+
+def source_keys(
+    base: Path, finetuned: list[Path], maps: list[dict[str, str]], base_map: dict[str, str]
+) -> list[dict[str, str]]:
+    """For each fine-tuned model: base tensor name -> the name it is stored under there.
+
+    A floating tensor of the base must be in every fine-tuned model (itself or a
+    tied alias), and a fine-tuned model may hold no tensor that is neither a base
+    tensor nor an alias of one; otherwise the error names folder, file and tensors.
+    """
+    dtypes = {}
+    for fname in sorted(set(base_map.values())):
+        dtypes.update(_file_dtypes(base, fname))
+    floating = {key for key in base_map if dtypes.get(key) in FLOAT_DTYPES}
+    aliases: dict[str, set[str]] | None = None
+    sources, problems = [], []
+    for ft, fmap in zip(finetuned, maps):
+        found = {key: key for key in base_map if key in fmap}
+        missing = sorted(floating - set(found))
+        extra = sorted(set(fmap) - set(base_map))
+        if missing or extra:
+            aliases = tied_aliases(base) if aliases is None else aliases
+            for key in list(missing):
+                stored = sorted(aliases.get(key, set()) & set(fmap))
+                if stored:
+                    found[key] = stored[0]
+                    missing.remove(key)
+            known = set(base_map) | {a for key in base_map for a in aliases.get(key, ())}
+            extra = [key for key in extra if key not in known]
+        for fname, keys in _by_file(missing, base_map):
+            problems.append(f"'{ft}' lacks {_names(keys)} (in the base's {fname})")
+        for fname, keys in _by_file(extra, fmap):
+            problems.append(f"'{ft}' has tensor(s) the base lacks: {_names(keys)} (in {fname})")
+        sources.append(found)
+    if problems:
+        if len(problems) > 4:
+            problems = problems[:4] + [f"{len(problems) - 4} more"]
+        raise DetoxflowError(
+            f"fine-tuned models do not hold the tensors of the base '{base}': {'; '.join(problems)}. "
+            f"A task vector needs every weight in both models: fine-tune and save from this base model"
+        )
+    return sources
+
+
+def check_architecture(base: Path, finetuned: list[Path]) -> None:
+    """The same ``model_type`` in every folder."""
     base_type = _model_type(base)
     for ft in finetuned:
         ft_type = _model_type(ft)
@@ -208,11 +298,18 @@ def check_compatible(base: Path, finetuned: list[Path], maps: list[dict[str, str
                 f"architecture mismatch: '{ft}' is a {ft_type!r} model, the base '{base}' a {base_type!r} model; "
                 f"task vectors only combine fine-tunes of the same base model"
             )
-    for ft, fmap in zip(finetuned, maps):
+
+
+def check_compatible(base: Path, finetuned: list[Path], maps: list[dict[str, str]], base_map: dict[str, str],
+                     sources: list[dict[str, str]] | None = None) -> None:
+    """Same model_type everywhere and the same shape for every shared tensor."""
+    check_architecture(base, finetuned)
+    sources = sources or [{key: key for key in base_map if key in fmap} for fmap in maps]
+    for ft, fmap, found in zip(finetuned, maps, sources):
         for key, fname in base_map.items():
-            if key not in fmap:
+            if key not in found:
                 continue
-            a, b = _tensor_shape(base, fname, key), _tensor_shape(ft, fmap[key], key)
+            a, b = _tensor_shape(base, fname, key), _tensor_shape(ft, fmap[found[key]], found[key])
             if a != b:
                 raise DetoxflowError(
                     f"shape mismatch for tensor '{key}': {list(b)} in '{ft}' but {list(a)} in the base '{base}'; "
@@ -246,11 +343,13 @@ def merge_task_vectors(
             raise DetoxflowError(f"fine-tuned model folder '{ft}' does not exist")
     base_map = weight_map(base)
     maps = [weight_map(ft) for ft in finetuned]
-    check_compatible(base, finetuned, maps, base_map)
+    check_architecture(base, finetuned)  # first: another architecture also has other tensor names
+    sources = source_keys(base, finetuned, maps, base_map)
+    check_compatible(base, finetuned, maps, base_map, sources)
 
     n = len(finetuned)
     scale = -float(lam) if negate else float(lam)
-    combined, copied_int, copied_missing = [], [], []
+    combined, copied_int = [], []
     dtypes: set[str] = set()
     shards: dict[str, list[str]] = {}
     for key, fname in base_map.items():
@@ -260,8 +359,9 @@ def merge_task_vectors(
         pre = _read_tensor(base, fname, key, rows)
         pre64 = pre.to(torch.float64)
         acc = torch.zeros_like(pre64)
-        for ft, fmap in zip(finetuned, maps):
-            acc.add_(_read_tensor(ft, fmap[key], key, rows))  # accumulates in float64, no float64 copy
+        for ft, fmap, found in zip(finetuned, maps, sources):
+            name = found[key]
+            acc.add_(_read_tensor(ft, fmap[name], name, rows))  # accumulates in float64, no float64 copy
             acc.sub_(pre64)
         return acc.mul_(scale / n).add_(pre64).to(pre.dtype)
 
@@ -278,9 +378,6 @@ def merge_task_vectors(
                     if dtype not in FLOAT_DTYPES:
                         kind = "copy"
                         copied_int.append(key)
-                    elif any(key not in m for m in maps):
-                        kind = "copy"
-                        copied_missing.append(key)
                     else:
                         kind = "combine"
                         combined.append(key)
@@ -307,7 +404,6 @@ def merge_task_vectors(
         report = {
             "combined_tensors": len(combined),
             "copied_non_floating": copied_int,
-            "copied_missing_in_finetuned": copied_missing,
             "finetuned": [str(p) for p in finetuned],
             "base": str(base),
             "negate": negate,
@@ -319,8 +415,5 @@ def merge_task_vectors(
             "detoxflow_version": __version__,
             "task_vectors": report,
         })
-    if copied_missing:
-        log.warning("%d floating tensors missing from some fine-tuned model were copied from the base: %s",
-                    len(copied_missing), ", ".join(copied_missing[:5]))
     log.info("wrote %s: %d tensors combined over %d model(s), lambda %s", out_dir, len(combined), n, lam)
     return report
