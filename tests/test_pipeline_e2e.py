@@ -88,3 +88,13 @@ def test_full_run_on_tiny_gpt2(tmp_path, shared_data, tiny_gpt2_dir):
     # a second run has nothing to do (cached artifacts)
     proc = run_snakemake(tmp_path, overlay, "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_a_failed_job_shows_its_error_at_the_top_level(tmp_path, shared_data):
+    """The workflow's default profile (profiles/default) prints a failed job's log, not only its path."""
+    overlay = tiny_overlay(tmp_path / "no-such-model", shared_data)
+    proc = run_snakemake(tmp_path, overlay, "--", "results/models/base", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "no-such-model' is neither a local folder nor reachable on the Hugging Face hub" in out
+    assert not (tmp_path / "results" / "models" / "base").exists()

