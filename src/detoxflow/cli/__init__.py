@@ -60,16 +60,21 @@ def settings_arg(section: str, key: str | None = None):
 
 
 def add_runtime_args(p, *, device: bool = True) -> None:
-    """The model runtime options every command that loads a model takes (config ``model:``)."""
-    p.add_argument("--dtype", default="float32", help="auto | float32 | bfloat16 | float16")
+    """The model runtime options every command that loads a model takes (config ``model:``, whose
+    schema defaults are theirs)."""
+    from ..config import section_defaults
+
+    model = section_defaults("model")
+    p.add_argument("--dtype", default=model["dtype"], help="auto | float32 | bfloat16 | float16")
     if device:
-        p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-        p.add_argument("--device-map", default="single",
+        p.add_argument("--device", default=model["device"], help="auto | cpu | cuda | cuda:N")
+        p.add_argument("--device-map", default=model["device_map"],
                        help="single (all on --device) | auto | balanced | balanced_low_0 | sequential "
                             "(spread over the visible GPUs, then CPU, then disk)")
-        p.add_argument("--max-memory", type=json_arg, default=None,
+        p.add_argument("--max-memory", type=json_arg, default=model["max_memory"],
                        help='JSON: per-device caps for --device-map, e.g. {"0": "70GiB", "cpu": "200GiB"}')
-        p.add_argument("--offload-folder", default=None, help="where --device-map puts weights that go to disk")
+        p.add_argument("--offload-folder", default=model["offload_folder"],
+                       help="where --device-map puts weights that go to disk")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub to run")
 
 
