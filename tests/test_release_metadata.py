@@ -115,3 +115,22 @@ def test_citation_references_appear_in_the_readme_and_the_report(citation):
         assert f"{first_author}, " in readme and f"{first_author}, " in report, first_author
     safeedit = next(r for r in citation["references"] if r["type"] == "data")
     assert safeedit["license"] == "CC-BY-NC-SA-4.0"
+
+
+def test_workflow_catalog_settings_match_the_workflow():
+    """.snakemake-workflow-catalog.yml in the shape the catalog's generator reads (usage.mandatory-flags,
+    usage.software-stack-deployment, usage.report), claiming only what the workflow has."""
+    usage = yaml.safe_load((REPO / ".snakemake-workflow-catalog.yml").read_text())["usage"]
+    assert set(usage) == {"mandatory-flags", "software-stack-deployment", "report"}
+    assert set(usage["mandatory-flags"]) == {"desc", "flags"} and usage["mandatory-flags"]["desc"].strip()
+    assert isinstance(usage["mandatory-flags"]["flags"], (list, str))
+    deployment = usage["software-stack-deployment"]
+    assert set(deployment) <= {"conda", "apptainer", "apptainer+conda", "singularity", "singularity+conda"}
+    assert all(isinstance(v, bool) for v in deployment.values())
+    snakefile = (REPO / "Snakefile").read_text()
+    if deployment.get("conda"):
+        assert (REPO / "envs" / "detoxflow.yaml").is_file()
+    if deployment.get("apptainer") or deployment.get("apptainer+conda"):
+        assert re.search(r"^(container|containerized):", snakefile, flags=re.M)
+    if usage["report"]:
+        assert re.search(r"^report: ", snakefile, flags=re.M)
