@@ -14,13 +14,43 @@ from detoxflow.stages import Stage, StageRegistry
 
 # The checkout this workflow lives in (also when another workflow uses it as a module).
 REPO = os.path.dirname(os.path.abspath(str(workflow.current_basedir)))
+# Inside another workflow's `module` directive (see README, "Using detoxflow as a module").
+IN_MODULE = len(workflow.modifier_stack) > 1
+
+
+def module_config_error(exc):
+    """A config error of module use, saying that the keys are those of the module's `config:`."""
+    return WorkflowError(
+        f"detoxflow used as module '{workflow.modifier.namespace}': the mapping its `module` block passes "
+        f"as `config:` is detoxflow's config (keys below are inside it)\n{exc}"
+    )
+
+
+def refuse_module_prefix():
+    """`prefix:` rewrites inputs and outputs but not the paths some jobs take as parameters (the summary's
+    spec, the fine-tune's state folder), so a prefixed module would read and write in two places."""
+    paths = workflow.modifier.path_modifier
+    if getattr(paths, "prefix", None) or getattr(paths, "_prefix_replacements", None):
+        raise WorkflowError(
+            f"detoxflow used as module '{workflow.modifier.namespace}': `prefix:` / `replace_prefix:` are not "
+            "supported (jobs name result paths in their parameters, which Snakemake does not rewrite); "
+            "run the outer workflow in the folder that should hold results/ (or set `workdir:`)"
+        )
+
 
 # config.yaml holds the defaults; --configfile overlays and --config values are merged over
 # it with one parsing rule (detoxflow.config). Used as a module, the outer workflow's
-# `config:` takes the place of the overlays.
+# `config:` takes their place: Snakemake read it with YAML 1.1 (`1e-5` stays a string), so its
+# values are resolved as --config values are; a relative data_root is taken relative to the
+# working directory, like every other path of the outer workflow.
 try:
-    if len(workflow.modifier_stack) > 1:  # inside another workflow's `module` directive
-        _config = resolve_workflow_config([os.path.join(REPO, "config.yaml")], overrides=config, base_dir=REPO)
+    if IN_MODULE:
+        refuse_module_prefix()
+        if not isinstance(config, dict):
+            raise DetoxflowError(f"the module's `config:` must be a mapping, not {type(config).__name__}")
+        _config = resolve_workflow_config(
+            [os.path.join(REPO, "config.yaml")], command_line=config, base_dir=os.getcwd()
+        )
     else:
         _config = resolve_workflow_config(
             [os.path.join(REPO, "config.yaml"), *workflow.config_settings.configfiles],
@@ -28,7 +58,8 @@ try:
             base_dir=REPO,
         )
 except DetoxflowError as exc:
-    raise WorkflowError(str(exc)) from None
+    raise (module_config_error(exc) if IN_MODULE else WorkflowError(str(exc))) from None
+# completed in place: used as a module, the outer workflow's mapping then holds the config the module runs
 config.clear()
 config.update(_config)
 

@@ -7,4 +7,6 @@ model folder) -> ``evaluation`` side (``generation``, ``scoring``, ``metrics``)
 imports snakemake.
 """
 
-__version__ = "0.1.0"
+#: the one place the version is written: pyproject.toml reads it (``[tool.setuptools.dynamic]``),
+#: ``detoxflow --version`` prints it and every model folder's detoxflow.json records it.
+__version__ = "0.2.0"

@@ -96,7 +96,10 @@ def load_model_and_tokenizer(args, **tokenizer_kwargs):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     parser = argparse.ArgumentParser(prog="detoxflow", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"detoxflow {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
