@@ -17,7 +17,7 @@ rule dataset:
         runtime=60,
     params:
         recipe=lambda w: as_json(config["datasets"][w.recipe]),
-        data_root=f"--data-root {config['data_root']}" if config["data_root"] else "",
+        data_root=f"--data-root {shlex.quote(config['data_root'])}" if config["data_root"] else "",
     shell:
         "detoxflow dataset --name {wildcards.recipe} --recipe {params.recipe:q} "
         "{params.data_root} --out {output} > {log} 2>&1"
