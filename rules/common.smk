@@ -188,3 +188,19 @@ def summary_inputs(wildcards):
         "folders": [m["folder"] for m in spec["models"].values()],
         "metrics": [f for m in spec["models"].values() for f in m["metrics"]],
     }
+
+
+# The capability stage (rules/capability.smk) ------------------------------------------------------
+
+
+def capability_settings():
+    """What decides a model's capability metrics (the lastword block only shapes its data file)."""
+    return pick(config["capability"], "tasks", "limit", "num_fewshot", "batch_size", "local_copies", "csum")
+
+
+def capability_inputs(wildcards):
+    """The model folder, and the lastword task's examples when the task is asked for."""
+    inputs = {"model": model_folder(wildcards.model)}
+    if "lastword" in config["capability"]["tasks"]:
+        inputs["lastword"] = f"{RESULTS}/capability/lastword.jsonl"
+    return inputs
