@@ -23,35 +23,29 @@ BOOTSTRAP_ITERS = 1000
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """The first line of an error, and of the error that caused it (datasets wraps the parser's)."""
+    lines = []
+    while exc is not None and len(lines) < 2:
+        text = str(exc).strip()
+        lines.append(text.splitlines()[0] if text else type(exc).__name__)
+        exc = exc.__cause__
+    return ": ".join(lines)
 
 
 def load_tasks(specs: list, manager) -> dict:
-    """name -> lm_eval Task for every spec (groups and tags expanded to their tasks), loading each
-    task's data now, so a task whose data cannot be read is named in the error."""
-    from lm_eval.api.task import Task
-    from lm_eval.tasks import get_task_dict
-
-    def leaves(d: Mapping) -> dict:
-        out = {}
-        for key, value in d.items():
-            if isinstance(value, Mapping):
-                out.update(leaves(value))
-            elif isinstance(value, Task):
-                out[value.config.task] = value
-        return out
-
+    """name -> lm_eval Task for every spec (a group or tag expands to its tasks: one column per task
+    metric, no group aggregate), loading each task's data now, so that a task whose data cannot be
+    read is named in the error."""
     tasks: dict = {}
     for spec in specs:
         name = spec if isinstance(spec, str) else spec["task"]
         try:
-            loaded = get_task_dict([spec], manager)
+            loaded = manager.load([spec])
         except DetoxflowError:
             raise
         except Exception as exc:  # datasets / network / schema errors of one task
             raise DetoxflowError(f"capability task '{name}': could not load its data ({_first_line(exc)})") from None
-        tasks.update(leaves(loaded))
+        tasks.update(loaded["tasks"])
     return tasks
 
 

@@ -33,14 +33,16 @@ def is_heading(text: str) -> bool:
 def sentence_end_targets(words: Sequence[str], min_target_chars: int) -> list[tuple[int, str]]:
     """(index, word) of every word that ends a sentence and is letters only, at least ``min_target_chars`` long.
 
-    A word ends a sentence when the next token is ``.``, ``!`` or ``?`` (WikiText) or when it carries
-    the mark itself (``mat.``); the mark is not part of the target.
+    A word ends a sentence when the next token is ``.``, ``!`` or ``?`` (WikiText's raw text puts a
+    space before them), or when it is the paragraph's last word and carries the mark (``mat.``); the
+    mark is not part of the target. A mark inside a paragraph that is attached to its word is not
+    taken as a sentence end: in WikiText that is an abbreviation (``Col.``, ``St.``).
     """
     out = []
     for i, word in enumerate(words):
         if i + 1 < len(words) and words[i + 1] in SENTENCE_END:
             target = word
-        elif len(word) > 1 and word[-1] in SENTENCE_END:
+        elif i + 1 == len(words) and len(word) > 1 and word[-1] in SENTENCE_END:
             target = word[:-1]
         else:
             continue
