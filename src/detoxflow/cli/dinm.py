@@ -23,7 +23,7 @@ def _dinm_edit_model(args) -> None:
     from ..data.safeedit import read_safeedit_file, select
     from ..io import write_json
     from ..methods.dinm import DinmEditor, DinmSettings, edit_model
-    from ..models import save_model_folder
+    from ..models import inference_metadata, save_model_folder
     from ..runtime import seed_everything
 
     records = select(read_safeedit_file(args.data), args.instances)
@@ -38,7 +38,8 @@ def _dinm_edit_model(args) -> None:
         "lr": editor.lr, "steps": settings.steps, "c_edit": settings.c_edit, "c_kl": settings.c_kl,
         "locate": settings.locate if settings.layer is None else "fixed", "chat_template": settings.chat_template,
     }
-    save_model_folder(model, tok, args.out, method="dinm", params=params)
+    # the suffix DINM edited with: the SafeEdit evaluation gives it to this model under suffix_for: edited
+    save_model_folder(model, tok, args.out, method="dinm", params=params, extra=inference_metadata(settings.suffix))
     write_json(args.record, {"params": params, "lr_source": editor.lr_source, "settings": settings.as_dict(),
                              "edits": [e.as_dict() for e in edits]})
 
