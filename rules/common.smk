@@ -204,3 +204,14 @@ def capability_inputs(wildcards):
     if "lastword" in config["capability"]["tasks"]:
         inputs["lastword"] = f"{RESULTS}/capability/lastword.jsonl"
     return inputs
+
+
+# The DINM stage (rules/dinm.smk) -------------------------------------------------------------------
+
+
+def dinm_profile_inputs(wildcards):
+    """The edit records whose location profiles are plotted: the dinm model's, and the per-instance protocol's."""
+    inputs = {"model": f"{RESULTS}/dinm/model_edits.json"}
+    if config["dinm"]["per_instance"]["enabled"]:
+        inputs["per_instance"] = f"{RESULTS}/dinm/per_instance/edits.json"
+    return inputs
