@@ -19,7 +19,7 @@ if CAPABILITY["enabled"]:
 
 rule capability_lastword:
     input:
-        recipe_path(CAPABILITY["lastword"]["source"]),
+        capability_text,
     output:
         f"{CAPABILITY_DIR}/lastword.jsonl",
     log:

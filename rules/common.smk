@@ -198,6 +198,11 @@ def capability_settings():
     return pick(config["capability"], "tasks", "limit", "num_fewshot", "batch_size", "local_copies", "csum")
 
 
+def capability_text(wildcards):
+    """The text recipe the lastword task is built from (looked up only when the task's data is needed)."""
+    return recipe_path(config["capability"]["lastword"]["source"])
+
+
 def capability_inputs(wildcards):
     """The model folder, and the lastword task's examples when the task is asked for."""
     inputs = {"model": model_folder(wildcards.model)}
