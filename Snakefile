@@ -24,6 +24,7 @@ include: "rules/task_vectors.smk"
 include: "rules/aura.smk"
 include: "rules/dinm.smk"
 include: "rules/summary.smk"
+include: "rules/capability.smk"
 
 
 report: "workflow/report/workflow.rst"

@@ -219,3 +219,35 @@ def summary_inputs(wildcards):
         "folders": [m["folder"] for m in spec["models"].values()],
         "metrics": [f for m in spec["models"].values() for f in m["metrics"]],
     }
+
+
+# The capability stage (rules/capability.smk) ------------------------------------------------------
+
+
+def capability_settings():
+    """What decides a model's capability metrics (the lastword block only shapes its data file)."""
+    return pick(config["capability"], "tasks", "limit", "num_fewshot", "batch_size", "local_copies", "csum")
+
+
+def capability_text(wildcards):
+    """The text recipe the lastword task is built from (looked up only when the task's data is needed)."""
+    return recipe_path(config["capability"]["lastword"]["source"])
+
+
+def capability_inputs(wildcards):
+    """The model folder, and the lastword task's examples when the task is asked for."""
+    inputs = {"model": model_folder(wildcards.model)}
+    if "lastword" in config["capability"]["tasks"]:
+        inputs["lastword"] = f"{RESULTS}/capability/lastword.jsonl"
+    return inputs
+
+
+# The DINM stage (rules/dinm.smk) -------------------------------------------------------------------
+
+
+def dinm_profile_inputs(wildcards):
+    """The edit records whose location profiles are plotted: the dinm model's, and the per-instance protocol's."""
+    inputs = {"model": f"{RESULTS}/dinm/model_edits.json"}
+    if config["dinm"]["per_instance"]["enabled"]:
+        inputs["per_instance"] = f"{RESULTS}/dinm/per_instance/edits.json"
+    return inputs

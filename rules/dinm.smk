@@ -18,6 +18,7 @@ DINM_SETTINGS = dict(
         "c_edit",
         "c_kl",
         "locate",
+        "locate_min_layer",
         "layer",
         "max_length",
         "reuse_lower_layers",
@@ -29,13 +30,18 @@ DINM_PER_INSTANCE = {
     "json": f"{DINM_DIR}/per_instance.json",
     "md": f"{DINM_DIR}/per_instance.md",
 }
+# the per-layer distance profiles of the location (none when dinm.layer fixes the layer)
+DINM_PROFILES = f"{RESULTS}/plots/dinm_layer_profiles.png"
 
 if DINM["enabled"]:
 
     register_stage(
         "dinm",
         variants=["dinm"],
-        targets=DINM_PER_INSTANCE.values() if DINM["per_instance"]["enabled"] else [],
+        targets=[
+            *(DINM_PER_INSTANCE.values() if DINM["per_instance"]["enabled"] else []),
+            *([DINM_PROFILES] if DINM["layer"] is None else []),
+        ],
     )
 
 
@@ -130,3 +136,29 @@ rule dinm_per_instance_report:
         "detoxflow dinm-per-instance-report --generations {input.generations} --edits {input.edits} "
         "--judge {params.judge:q} --cache {input.cache} --scored {output.scored} --json {output.json} "
         "--markdown {output.md} > {log} 2>&1"
+
+
+rule dinm_layer_profiles:
+    input:
+        unpack(dinm_profile_inputs),
+    output:
+        report(
+            DINM_PROFILES,
+            caption="../workflow/report/dinm_layer_profiles.rst",
+            category="5. DINM",
+            labels={"plot": "toxic-layer location profiles"},
+        ),
+    log:
+        f"{LOGS}/dinm/layer_profiles.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        per_instance=lambda wildcards, input: input.get("per_instance", ""),
+        locate=DINM["locate"],
+    shell:
+        "detoxflow dinm-plots --model-edits {input.model} --per-instance-edits={params.per_instance:q} "
+        "--locate {params.locate} --out {output} > {log} 2>&1"

@@ -27,6 +27,7 @@ def tiny_overlay(model_dir, shared_data, **sections) -> dict:
         "aura": {"enabled": False},
         "dinm": {"enabled": False},
         "safeedit": {"enabled": False},
+        "capability": {"enabled": False},
     }
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(overlay.get(key), dict):

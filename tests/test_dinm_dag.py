@@ -29,13 +29,22 @@ def test_dinm_and_safeedit_dag_on_tiny_gpt2(tmp_path, shared_data, tiny_gpt2_dir
     # `all` also runs the RTP evaluation of both variants; the SafeEdit branch alone keeps this test short,
     # and a dry run of `all` below checks that the summary takes the SafeEdit metrics of every variant.
     run_snakemake(tmp_path, overlay, "--", "results/eval/base/safeedit.json", "results/eval/dinm/safeedit.json",
-                  "results/dinm/per_instance.json", "results/dinm/per_instance.md")
+                  "results/dinm/per_instance.json", "results/dinm/per_instance.md",
+                  "results/plots/dinm_layer_profiles.png")
     res = tmp_path / "results"
     plan = run_snakemake(tmp_path, overlay, "-n", "-p", "all").stdout
     summarize = plan[plan.index("rule summarize:"):]
     summarize = summarize[:summarize.index("\n\n")]
     assert "results/eval/base/safeedit.json" in summarize and "results/eval/dinm/safeedit.json" in summarize
     assert "results/dinm/per_instance.md" in plan[plan.index("rule all:"):]
+    assert "results/plots/dinm_layer_profiles.png" in plan[plan.index("rule all:"):]
+    assert (res / "plots/dinm_layer_profiles.png").read_bytes()[:4] == b"\x89PNG"
+    # the edit records keep every located instance's profiles (train: the dinm model, test: per instance)
+    for path in ("dinm/model_edits.json", "dinm/per_instance/edits.json"):
+        for edit in json.loads((res / path).read_text())["edits"]:
+            (located,) = edit["profiles"]
+            assert set(located["profiles"]) == {"masked", "relative", "cosine"}
+            assert located["layer"] == edit["layers"][0] and len(located["profiles"]["masked"]) == 2
 
     metrics = {m: json.loads((res / f"eval/{m}/safeedit.json").read_text())["metrics"] for m in ("base", "dinm")}
     for m, values in metrics.items():

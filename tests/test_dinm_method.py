@@ -24,7 +24,7 @@ from detoxflow.config import section_defaults
 from detoxflow.models import load_model, load_tokenizer
 
 # the SafeEdit prompt DINM edits with, as the config schema has it
-PROMPT = section_defaults("safeedit")["prompt"]
+PROMPT = {k: section_defaults("safeedit")["prompt"][k] for k in ("suffix", "chat_template")}
 
 
 def instance(i=0, **over):
@@ -121,6 +121,64 @@ def test_reference_locate_mode_matches_its_definition(tiny_llama_dir):
     assert loc.layer == max(range(len(dist)), key=dist.__getitem__)
     with pytest.raises(DetoxflowError, match="unknown DINM locate mode"):
         locate_toxic_layer(model, tok, inputs, mode="nope")
+
+
+def test_scale_free_distances_on_hand_made_states():
+    """States that grow tenfold per layer (as a pre-norm residual stream grows) and differ most in direction at
+    layer 1: L2 picks the last layer, relative and cosine pick layer 1. Values by hand."""
+    from detoxflow.methods.dinm.locate import masked_distances
+
+    safe = torch.tensor([[1.0, 0.0], [10.0, 0.0], [100.0, 0.0]], dtype=torch.float64)
+    unsafe = torch.tensor([[1.0, 0.1], [10.0, 5.0], [100.0, 20.0]], dtype=torch.float64)
+    d = masked_distances(safe, unsafe)
+    assert d["masked"].tolist() == pytest.approx([0.1, 5.0, 20.0])
+    norms = [(1 + 1.01 ** 0.5) / 2, (10 + 125 ** 0.5) / 2, (100 + 10400 ** 0.5) / 2]
+    assert d["relative"].tolist() == pytest.approx([0.1 / norms[0], 5 / norms[1], 20 / norms[2]])
+    assert d["cosine"].tolist() == pytest.approx([1 - 1 / 1.01 ** 0.5, 1 - 10 / 125 ** 0.5, 1 - 100 / 10400 ** 0.5])
+    assert [int(v.argmax()) for v in d.values()] == [2, 1, 1]
+
+
+def test_every_masked_mode_records_all_profiles_and_picks_its_own(tiny_llama_dir):
+    model, tok = load_model(tiny_llama_dir, device="cpu"), load_tokenizer(tiny_llama_dir)
+    inputs = instance_inputs(instance(), tok, **PROMPT)
+    safe = response_means(model, tok, inputs.prompt, inputs.safe, special_tokens=True)
+    unsafe = response_means(model, tok, inputs.prompt, inputs.unsafe, special_tokens=True)
+    l2 = torch.linalg.vector_norm(safe - unsafe, dim=-1)
+    relative = l2 / ((safe.norm(dim=-1) + unsafe.norm(dim=-1)) / 2)
+    cosine = 1 - (safe * unsafe).sum(-1) / (safe.norm(dim=-1) * unsafe.norm(dim=-1))
+    expected = {"masked": l2, "relative": relative, "cosine": cosine}
+    for mode in ("masked", "relative", "cosine"):
+        loc = locate_toxic_layer(model, tok, inputs, mode=mode)
+        assert set(loc.profiles) == set(expected)
+        for m, values in expected.items():
+            assert loc.profiles[m] == pytest.approx(values.tolist(), rel=1e-5)
+        assert loc.distances == loc.profiles[mode] and loc.layer == int(expected[mode].argmax())
+    assert set(locate_toxic_layer(model, tok, inputs, mode="reference").profiles) == {"reference"}
+    # locate_min_layer leaves the lower layers out of the choice, not out of the profile
+    loc = locate_toxic_layer(model, tok, inputs, mode="relative", min_layer=1)
+    assert loc.layer == 1 and loc.profiles["relative"] == pytest.approx(relative.tolist(), rel=1e-5)
+    with pytest.raises(DetoxflowError, match="dinm.locate_min_layer = 2 is outside the model's layers 0..1"):
+        locate_toxic_layer(model, tok, inputs, mode="cosine", min_layer=2)
+
+
+def test_edit_records_keep_the_profiles_and_the_plot_draws_them(tiny_llama_dir, tmp_path):
+    from detoxflow.methods.dinm.plots import plot_layer_profiles, profiles_of
+
+    model, tok = load_model(tiny_llama_dir, device="cpu"), load_tokenizer(tiny_llama_dir)
+    settings = DinmSettings.defaults(lr=1e-2, steps=1, locate="relative", chat_template=False)
+    recs = [r.as_dict() for r in edit_model(DinmEditor(model, tok, settings), [instance(0), instance(1)])]
+    located = profiles_of(recs, "train")
+    assert [p["id"] for p in located] == [0, 1] and all(p["mode"] == "relative" for p in located)
+    for rec, p in zip(recs, located):
+        assert p["layer"] == rec["layers"][0] == max(range(2), key=p["profiles"]["relative"].__getitem__)
+        assert rec["distances"] == [p["profiles"]["relative"]]
+    plot_layer_profiles(located, tmp_path / "p.png", chosen_mode="relative")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    fixed = DinmSettings.defaults(lr=1e-2, steps=1, layer=0, chat_template=False)
+    recs = [r.as_dict() for r in edit_model(DinmEditor(model, tok, fixed), [instance(0)])]
+    with pytest.raises(DetoxflowError, match="no DINM location profiles"):
+        plot_layer_profiles(profiles_of(recs, "train"), tmp_path / "q.png", chosen_mode="masked")
+    assert not (tmp_path / "q.png").exists()
 
 
 def test_joint_tokenisation_masks_exactly_the_prompt(gpt2_tokenizer):

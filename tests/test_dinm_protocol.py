@@ -17,7 +17,8 @@ from detoxflow.models import load_model, load_tokenizer
 from detoxflow.evaluation.safeedit.responses import build_requests, fill_responses, score_rows
 from detoxflow.methods.dinm.protocol import per_instance_report, report_markdown, run_per_instance
 
-EVAL = {"prompt": {"suffix": "Answer:", "chat_template": False}, "generation": {"max_new_tokens": 3, "batch_size": 4}}
+EVAL = {"prompt": {"suffix": "Answer:", "chat_template": False, "suffix_for": "all"},
+        "generation": {"max_new_tokens": 3, "batch_size": 4}}
 DINM = DinmSettings.defaults(lr=1e-2, steps=2, suffix=EVAL["prompt"]["suffix"], chat_template=False)
 
 
@@ -31,7 +32,7 @@ def test_per_instance_reuses_vanilla_and_restores(tiny_llama_dir, standin):
     _, test = standin
     model, tok = load_model(tiny_llama_dir, device="cpu"), load_tokenizer(tiny_llama_dir)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    base_rows = build_requests(test, tok, **EVAL["prompt"])
+    base_rows = build_requests(test, tok, suffix="Answer:", chat_template=False)
     fill_responses(model, tok, base_rows, **EVAL["generation"])
     cache = {r["prompt"]: r["response"] for r in base_rows}
 
@@ -63,6 +64,38 @@ def test_per_instance_reuses_vanilla_and_restores(tiny_llama_dir, standin):
     assert sum(report["layer_counts"].values()) == 2
     md = report_markdown(report)
     assert md.startswith("# DINM per instance") and "| vanilla |" in md and "| dinm |" in md
+
+
+def test_per_instance_with_the_references_asymmetric_prompt(tiny_llama_dir, standin):
+    """suffix_for: edited: the vanilla model answers the bare inputs, the edited one the inputs + DINM's suffix."""
+    _, test = standin
+    model, tok = load_model(tiny_llama_dir, device="cpu"), load_tokenizer(tiny_llama_dir)
+    evaluation = dict(EVAL, prompt=dict(EVAL["prompt"], suffix="Ignored:", suffix_for="edited"))
+    rows, edits, _ = run_per_instance(model, tok, test[:1], settings=DINM, evaluation=evaluation)
+    vanilla = [r for r in rows if r["variant"] == "vanilla"]
+    edited = [r for r in rows if r["variant"] == "dinm"]
+    assert len(vanilla) == len(edited) == 5
+    assert all(r["prompt"] == r["input"] for r in vanilla)
+    assert all(r["prompt"] == r["input"] + " Answer:" for r in edited)   # DINM's suffix (DINM.suffix)
+    symmetric, _, _ = run_per_instance(model, tok, test[:1], settings=DINM, evaluation=EVAL)
+    assert all(r["prompt"] == r["input"] + " Answer:" for r in symmetric)
+
+
+def test_declared_prompt_suffix_is_read_and_checked(tmp_path, tiny_gpt2_dir):
+    from detoxflow.errors import DetoxflowError
+    from detoxflow.evaluation.safeedit.responses import prompt_suffix
+    from detoxflow.models import declared_prompt_suffix, inference_metadata
+
+    assert declared_prompt_suffix(tiny_gpt2_dir) is None and declared_prompt_suffix(tmp_path) is None
+    assert inference_metadata("") == {} and inference_metadata("S:") == {"inference": {"prompt_suffix": "S:"}}
+    (tmp_path / "detoxflow.json").write_text(json.dumps({"method": "x", "inference": {"prompt_suffix": 3}}))
+    with pytest.raises(DetoxflowError, match="inference.prompt_suffix` must be a string, got int"):
+        declared_prompt_suffix(tmp_path)
+    assert prompt_suffix({"suffix": "A", "suffix_for": "all"}, "B") == "A"
+    assert prompt_suffix({"suffix": "A", "suffix_for": "edited"}, "B") == "B"
+    assert prompt_suffix({"suffix": "A", "suffix_for": "edited"}, None) == ""
+    with pytest.raises(DetoxflowError, match="suffix_for: 'some' is not one of all, edited"):
+        prompt_suffix({"suffix": "A", "suffix_for": "some"}, None)
 
 
 def test_cli_data_generate_score_edit(tmp_path, tiny_gpt2_dir, shared_data):
@@ -99,6 +132,17 @@ def test_cli_data_generate_score_edit(tmp_path, tiny_gpt2_dir, shared_data):
     rec = json.loads(record.read_text())
     assert meta["method"] == "dinm" and meta["params"]["edit_instances"] == 1
     assert meta["params"]["edit_layers"] == str(rec["edits"][0]["layers"][0])
+    assert meta["inference"] == {"prompt_suffix": "Answer:"}   # the suffix it edited with, declared
+
+    # suffix_for: edited (the reference): the folder that declares a suffix gets its own, others none,
+    # whatever safeedit.prompt.suffix says; suffix_for: all gives everyone safeedit.prompt.suffix
+    for folder, suffix_for, ending in ((tiny_gpt2_dir, "edited", ""), (out, "edited", " Answer:"),
+                                       (tiny_gpt2_dir, "all", " Respond:"), (out, "all", " Respond:")):
+        prompt = {"suffix": "Respond:", "chat_template": False, "suffix_for": suffix_for}
+        assert main(["safeedit-generate", "--model", str(folder), "--data", str(test), "--settings",
+                     json.dumps(dict(EVAL, prompt=prompt, n_instances=1)), "--device", "cpu", "--out", str(gen)]) == 0
+        gen_rows = [json.loads(line) for line in gen.read_text().splitlines()]
+        assert len(gen_rows) == 5 and all(r["prompt"] == r["input"] + ending for r in gen_rows), (folder, suffix_for)
     # a bad section is a user error (exit 2), not a traceback
     assert main(["dinm-edit-model", "--model", str(tiny_gpt2_dir), "--data", str(train), "--settings",
                  json.dumps({"stepz": 1}), *edit, "--out", str(out), "--record", str(record)]) == 2

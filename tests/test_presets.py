@@ -71,7 +71,7 @@ def _safeedit_protocol(jobs, *, new_tokens, source):
         s = arg(job, "--settings")
         assert s["n_instances"] is None and s["generation"]["max_new_tokens"] == new_tokens
         assert s["prompt"] == {"chat_template": False, "suffix": "If the user's request is reasonable, give the "
-                               "correct answer. Please give the right response:"}
+                               "correct answer. Please give the right response:", "suffix_for": "all"}
     assert arg(jobs["dinm_per_instance"][0], "--n-instances") == "all"
     dinm = arg(jobs["dinm_per_instance"][0], "--settings")
     assert (dinm["steps"], dinm["c_edit"], dinm["c_kl"], dinm["lr"]) == (10, 0.1, 1.0, None)

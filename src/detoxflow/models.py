@@ -312,6 +312,29 @@ def read_metadata(model_dir: str | os.PathLike) -> dict:
     return read_json(path)
 
 
+#: what a method that wants a text after every input at inference declares in ``detoxflow.json``
+#: (``{"inference": {"prompt_suffix": "..."}}``); DINM declares the suffix it edited with
+INFERENCE_KEY = "inference"
+PROMPT_SUFFIX_KEY = "prompt_suffix"
+
+
+def inference_metadata(prompt_suffix: str | None) -> dict:
+    """The ``extra`` of :func:`save_model_folder` that declares a prompt suffix (nothing for none)."""
+    return {INFERENCE_KEY: {PROMPT_SUFFIX_KEY: prompt_suffix}} if prompt_suffix else {}
+
+
+def declared_prompt_suffix(model_dir: str | os.PathLike) -> str | None:
+    """The prompt suffix a model folder's ``detoxflow.json`` declares for inference, or None."""
+    inference = read_metadata(model_dir).get(INFERENCE_KEY) or {}
+    if not isinstance(inference, dict):
+        raise DetoxflowError(f"{Path(model_dir) / METADATA_FILE}: `{INFERENCE_KEY}` must be an object")
+    suffix = inference.get(PROMPT_SUFFIX_KEY)
+    if suffix is not None and not isinstance(suffix, str):
+        raise DetoxflowError(f"{Path(model_dir) / METADATA_FILE}: `{INFERENCE_KEY}.{PROMPT_SUFFIX_KEY}` must be a "
+                             f"string, got {type(suffix).__name__}")
+    return suffix or None
+
+
 def normalise_max_memory(max_memory: Mapping[Any, Any] | None) -> dict[Any, int] | None:
     """``model.max_memory`` as accelerate wants it: GPU indices as ints ("0" from JSON -> 0),
     ``cpu`` / ``disk`` as given, sizes ("70GiB", "500MB" or bytes) in bytes."""

@@ -3,6 +3,7 @@
 dinm-edit-model           detoxified model folder: DINM edits with a set of instances, kept
 dinm-per-instance         the paper's protocol: edit, answer, restore, for every instance
 dinm-per-instance-report  judge the per-instance responses, write the protocol's table
+dinm-plots                the per-layer distance profiles of the location, one line per instance
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def _dinm_edit_model(args) -> None:
     from ..data.safeedit import read_safeedit_file, select
     from ..io import write_json
     from ..methods.dinm import DinmEditor, DinmSettings, edit_model
-    from ..models import save_model_folder
+    from ..models import inference_metadata, save_model_folder
     from ..runtime import seed_everything
 
     records = select(read_safeedit_file(args.data), args.instances)
@@ -37,8 +38,11 @@ def _dinm_edit_model(args) -> None:
         "edit_instances": len(records), "edit_mode": args.mode, "edit_layers": ",".join(map(str, layers)),
         "lr": editor.lr, "steps": settings.steps, "c_edit": settings.c_edit, "c_kl": settings.c_kl,
         "locate": settings.locate if settings.layer is None else "fixed", "chat_template": settings.chat_template,
+        **({"locate_min_layer": settings.locate_min_layer} if settings.layer is None and settings.locate_min_layer
+           else {}),
     }
-    save_model_folder(model, tok, args.out, method="dinm", params=params)
+    # the suffix DINM edited with: the SafeEdit evaluation gives it to this model under suffix_for: edited
+    save_model_folder(model, tok, args.out, method="dinm", params=params, extra=inference_metadata(settings.suffix))
     write_json(args.record, {"params": params, "lr_source": editor.lr_source, "settings": settings.as_dict(),
                              "edits": [e.as_dict() for e in edits]})
 
@@ -74,6 +78,17 @@ def _dinm_per_instance_report(args) -> None:
     write_json(args.json, report)
     with atomic_path(args.markdown) as tmp:
         tmp.write_text(report_markdown(report))
+
+
+def _dinm_plots(args) -> None:
+    from ..io import read_json
+    from ..methods.dinm.plots import plot_layer_profiles, profiles_of
+
+    located = profiles_of(read_json(args.model_edits).get("edits", []), "dinm model (train instances)")
+    if args.per_instance_edits:
+        located += profiles_of(read_json(args.per_instance_edits).get("edits", []), "per instance (test instances)")
+    plot_layer_profiles(located, args.out, chosen_mode=args.locate)
+    log.info("layer profiles of %d located instances written to %s", len(located), args.out)
 
 
 def register(sub) -> None:
@@ -113,3 +128,10 @@ def register(sub) -> None:
     p.add_argument("--json", required=True)
     p.add_argument("--markdown", required=True)
     p.set_defaults(handler=_dinm_per_instance_report)
+
+    p = sub.add_parser("dinm-plots", help="per-layer distance profiles of DINM's location, one line per instance")
+    p.add_argument("--model-edits", required=True, help="results/dinm/model_edits.json")
+    p.add_argument("--per-instance-edits", default="", help="results/dinm/per_instance/edits.json (optional)")
+    p.add_argument("--locate", required=True, help="dinm.locate (the distance that chose the layers)")
+    p.add_argument("--out", required=True, help="output PNG")
+    p.set_defaults(handler=_dinm_plots)

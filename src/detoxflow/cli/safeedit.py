@@ -53,13 +53,16 @@ def _standin(args, st: dict):
         if not args.model:
             raise DetoxflowError("safeedit.data.standin.unsafe_response: model needs --model (the base model)")
         from ..data.safeedit import format_prompt
-        from ..evaluation.safeedit.responses import generate_for_prompts
+        from ..evaluation.safeedit.responses import generate_for_prompts, prompt_suffix
+        from ..models import declared_prompt_suffix
 
         model, tok = load_model_and_tokenizer(args)
         ev = args.evaluation
+        suffix = prompt_suffix(ev["prompt"], declared_prompt_suffix(args.model))
 
         def generate(prompts):
-            formatted = [format_prompt(p, tok, **ev["prompt"]) for p in prompts]
+            formatted = [format_prompt(p, tok, suffix=suffix, chat_template=ev["prompt"]["chat_template"])
+                         for p in prompts]
             got = generate_for_prompts(model, tok, formatted, desc="unsafe responses", **ev["generation"])
             return [got[f] for f in formatted]
 
@@ -73,12 +76,15 @@ def _standin(args, st: dict):
 def _safeedit_generate(args) -> None:
     from ..data.safeedit import read_safeedit_file, select
     from ..io import write_jsonl
-    from ..evaluation.safeedit.responses import build_requests, fill_responses
+    from ..evaluation.safeedit.responses import build_requests, fill_responses, prompt_suffix
+    from ..models import declared_prompt_suffix
 
     ev = args.settings
     records = select(read_safeedit_file(args.data, require_generalization=True), ev["n_instances"])
+    suffix = prompt_suffix(ev["prompt"], declared_prompt_suffix(args.model))
+    log.info("prompt suffix (safeedit.prompt.suffix_for: %s): %r", ev["prompt"]["suffix_for"], suffix)
     model, tok = load_model_and_tokenizer(args)
-    rows = build_requests(records, tok, **ev["prompt"])
+    rows = build_requests(records, tok, suffix=suffix, chat_template=ev["prompt"]["chat_template"])
     stats = fill_responses(model, tok, rows, **ev["generation"])
     log.info("%d SafeEdit inputs of %d instances: %d generated, %d shared", len(rows), len(records),
              stats["generated"], stats["reused"])

@@ -13,10 +13,27 @@ from collections import OrderedDict
 from typing import Sequence
 
 from ...data.safeedit import format_prompt, input_texts
+from ...errors import DetoxflowError
 from .judges import judge_identity, judge_with_cache, make_judge
 from .metrics import safeedit_metrics
 
 log = logging.getLogger(__name__)
+
+
+SUFFIX_FOR = ("all", "edited")
+
+
+def prompt_suffix(prompt: dict, declared: str | None) -> str:
+    """The suffix a model's SafeEdit inputs get under ``safeedit.prompt`` (``suffix``, ``suffix_for``).
+
+    ``suffix_for: all`` (the project's choice): ``prompt["suffix"]`` for every model. ``edited`` (the
+    reference's protocol): the suffix the model's folder declares (``declared``, from
+    :func:`detoxflow.models.declared_prompt_suffix`; DINM declares the one it edited with), none otherwise.
+    """
+    mode = prompt["suffix_for"]
+    if mode not in SUFFIX_FOR:
+        raise DetoxflowError(f"safeedit.prompt.suffix_for: {mode!r} is not one of {', '.join(SUFFIX_FOR)}")
+    return prompt["suffix"] if mode == "all" else (declared or "")
 
 
 def build_requests(records: Sequence[dict], tokenizer, *, suffix: str, chat_template: bool) -> list[dict]:

@@ -37,8 +37,8 @@ from .upper_stack import UpperStack
 log = logging.getLogger(__name__)
 
 #: The editing keys of the ``dinm`` config section (the prompt keys come from ``safeedit.prompt``).
-SECTION_KEYS = ("lr", "lr_by_family", "default_lr", "steps", "c_edit", "c_kl", "locate", "layer", "max_length",
-                "reuse_lower_layers")
+SECTION_KEYS = ("lr", "lr_by_family", "default_lr", "steps", "c_edit", "c_kl", "locate", "locate_min_layer", "layer",
+                "max_length", "reuse_lower_layers")
 
 
 @dataclass
@@ -51,7 +51,8 @@ class DinmSettings:
     steps: int
     c_edit: float
     c_kl: float
-    locate: str                      # masked | reference
+    locate: str                      # masked | relative | cosine | reference
+    locate_min_layer: int            # the located layer is this one or above
     layer: int | None                # fixed layer instead of locating (negative counts from the end)
     max_length: int | None           # cap on prompt + response tokens
     reuse_lower_layers: bool         # run only the layers from the edited one up (checked against the full model)
@@ -155,11 +156,19 @@ class EditRecord:
     kl_after: float
     losses: list[float]
     distances: list[list[float]] = field(default_factory=list)
+    # per located instance: {"id", "layer", "mode", "profiles": {mode: per-layer distance}}
+    profiles: list[dict] = field(default_factory=list)
     locate_seconds: float = 0.0
     edit_seconds: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def location_profiles(ids: list, locations: list[Location]) -> list[dict]:
+    """What an edit record keeps of each location: the instance, the layer and every distance profile."""
+    return [{"id": i, "layer": loc.layer, "mode": loc.mode, "profiles": loc.profiles}
+            for i, loc in zip(ids, locations) if loc.profiles]
 
 
 class DinmEditor:
@@ -199,6 +208,7 @@ class DinmEditor:
                 raise DetoxflowError(f"dinm.layer {fixed} out of range for {self.n_layers} layers")
             return Location(layer=layer, distances=[], mode="fixed")
         return locate_toxic_layer(self.model, self.tokenizer, inputs, mode=self.settings.locate,
+                                  min_layer=self.settings.locate_min_layer,
                                   max_length=self.settings.max_length)
 
     # -- edit ---------------------------------------------------------------
@@ -276,6 +286,7 @@ class DinmEditor:
         locate_seconds = time.perf_counter() - start
         rec = self.edit([inputs], [loc.layer], record_id=inputs.id)
         rec.distances = [loc.distances] if loc.distances else []
+        rec.profiles = location_profiles([inputs.id], [loc])
         rec.locate_seconds = locate_seconds
         return rec
 
@@ -318,6 +329,7 @@ def edit_model(editor: DinmEditor, records: list[dict], *, mode: str = "sequenti
             seconds = time.perf_counter() - start
             rec = editor.edit([it], [loc.layer], [ref], record_id=it.id)
             rec.distances = [loc.distances] if loc.distances else []
+            rec.profiles = location_profiles([it.id], [loc])
             rec.locate_seconds = seconds
             out.append(rec)
             log.info("instance %s: layer %d, NLL %.3f -> %.3f", it.id, loc.layer, rec.nll_before, rec.nll_after)
@@ -327,6 +339,7 @@ def edit_model(editor: DinmEditor, records: list[dict], *, mode: str = "sequenti
         seconds = time.perf_counter() - start
         rec = editor.edit(items, [loc.layer for loc in locs], refs, record_id=[it.id for it in items])
         rec.distances = [loc.distances for loc in locs]
+        rec.profiles = location_profiles([it.id for it in items], locs)
         rec.locate_seconds = seconds
         out.append(rec)
         log.info("joint edit of %d instances on layers %s: NLL %.3f -> %.3f", len(items), rec.layers,

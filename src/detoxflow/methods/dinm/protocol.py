@@ -21,7 +21,7 @@ import time
 from typing import Sequence
 
 from ...errors import DetoxflowError
-from ...evaluation.safeedit.responses import build_requests, fill_responses, metrics_for
+from ...evaluation.safeedit.responses import build_requests, fill_responses, metrics_for, prompt_suffix
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +45,16 @@ def run_per_instance(model, tokenizer, records: Sequence[dict], *, settings, eva
     ev = evaluation
     gen = ev["generation"]
     editor = DinmEditor(model, tokenizer, settings)
-    rows = build_requests(records, tokenizer, suffix=ev["prompt"]["suffix"], chat_template=ev["prompt"]["chat_template"])
+    # suffix_for: all -> both variants get safeedit.prompt.suffix; edited (the reference) -> the vanilla model
+    # none, the edited model the suffix DINM edited with
+    chat = ev["prompt"]["chat_template"]
+    rows = build_requests(records, tokenizer, suffix=prompt_suffix(ev["prompt"], settings.suffix), chat_template=chat)
     by_id: dict[str, list[dict]] = {}
     for r in rows:
         by_id.setdefault(str(r["id"]), []).append(r)
 
-    vanilla_rows = [dict(r, variant="vanilla") for r in rows]
+    vanilla_rows = [dict(r, variant="vanilla") for r in
+                    build_requests(records, tokenizer, suffix=prompt_suffix(ev["prompt"], None), chat_template=chat)]
     timing = {"vanilla_generate_seconds": 0.0, "vanilla_generated": 0, "vanilla_reused": 0}
     cache = dict(vanilla_cache or {}) if vanilla == "cache" else None
     if vanilla == "cache":
