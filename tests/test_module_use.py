@@ -25,7 +25,8 @@ from conftest import REPO
 from pipeline import dry_run_jobs
 
 OFFLINE = load_yaml(REPO / "workflow" / "presets" / "offline.yaml")
-NO_METHODS = {"aura": {"enabled": False}, "dinm": {"enabled": False}, "safeedit": {"enabled": False}}
+NO_METHODS = {"aura": {"enabled": False}, "dinm": {"enabled": False}, "safeedit": {"enabled": False},
+              "task_vectors": {"enabled": False}}
 
 
 def outer_snakefile(use_line: str = "use rule * from detoxflow as detoxflow_*", module_extra: str = "") -> str:
@@ -193,10 +194,11 @@ def _stub_summary_outputs(workdir: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.figure()
-    plt.plot([0, 1])
-    plt.savefig(workdir / "results" / "plots" / "toxicity_vs_perplexity.png")
-    plt.close()
+    for name in ("toxicity_vs_perplexity.png", "capability_vs_toxicity.png"):
+        plt.figure()
+        plt.plot([0, 1])
+        plt.savefig(workdir / "results" / "plots" / name)
+        plt.close()
 
 
 def _report_description(html: Path) -> str:
