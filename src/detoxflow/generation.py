@@ -66,7 +66,8 @@ def eos_ids(model, tokenizer) -> list[int]:
 
 @dataclass
 class Generated:
-    """Token ids of the continuations, per prompt (in the caller's order) and per sample."""
+    """Token ids of the continuations, per prompt (in the caller's order) and per sample; a sequence that
+    finished ends with its EOS token."""
 
     ids: list[list[list[int]]]
     truncated: int = 0  # prompts cut from the left to fit the context
@@ -191,6 +192,9 @@ def _generate_batch(model, prompt_ids: list[list[int]], seeds: list[int] | None,
         last = out.logits[:, -1, :]
         next_pos = next_pos + 1
     got = steps[:, :produced].cpu().tolist()
+    if eos:  # a finished sequence ends with its EOS (the pad tokens after it are dropped)
+        ends = set(eos)
+        got = [row[:next((j + 1 for j, x in enumerate(row) if x in ends), len(row))] for row in got]
     return [got[i * k:(i + 1) * k] for i in range(n)]
 
 
