@@ -64,6 +64,8 @@ def main() -> None:
     ap.add_argument("--batch-tokens", type=int, nargs="+", default=[8192])
     ap.add_argument("--hf-batch", type=int, default=40, help="sequences per batch of the HF generate baseline")
     ap.add_argument("--skip-per-prompt", action="store_true")
+    ap.add_argument("--engine-dtypes", nargs="*", default=[],
+                    help="also run the engine with the model loaded in these dtypes (e.g. bfloat16)")
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/rtp/challenging_toxic.jsonl"))
     args = ap.parse_args()
     prompts = [json.loads(line)["prompt"]["text"] for line in open(args.data)][: args.prompts]
@@ -93,6 +95,13 @@ def main() -> None:
         t0 = time.perf_counter()
         generate_continuations(model, tok, prompts, batch_tokens=bt, seed=0, **kw)
         times[f"engine {bt}"] = report(f"(a) engine, batch_tokens {bt}", time.perf_counter() - t0)
+    for dtype in args.engine_dtypes:
+        other = load_model(folder, device="cpu", dtype=dtype)
+        generate_continuations(other, tok, prompts[:2], seed=0, **kw)
+        t0 = time.perf_counter()
+        generate_continuations(other, tok, prompts, batch_tokens=args.batch_tokens[0], seed=0, **kw)
+        report(f"(a') engine, {dtype}, batch_tokens {args.batch_tokens[0]}", time.perf_counter() - t0)
+        del other
     t0 = time.perf_counter()
     hf_batched(model, tok, prompts, k=args.k, tokens=args.tokens, batch=args.hf_batch)
     times["hf"] = report(f"(b) HF generate, batch {args.hf_batch} sequences (0.1)", time.perf_counter() - t0)
