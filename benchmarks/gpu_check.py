@@ -124,11 +124,11 @@ def main(argv=None) -> dict:
         k, new = (2, 8) if args.reduced else (25, 20)
         batch = 8 if args.reduced else max(64, min(4096, int((free or 0) / 2e9) * 64))
         generate_continuations(model, tok, prompts[:2], max_new_tokens=2, do_sample=True, top_p=0.9,
-                               num_return_sequences=k, batch_size=batch, seed=0)
+                               num_return_sequences=k, batch_size=batch, batch_tokens=batch * (new + 64), seed=0)
         _sync(device)
         t0 = time.perf_counter()
         generate_continuations(model, tok, prompts, max_new_tokens=new, do_sample=True, top_p=0.9,
-                               num_return_sequences=k, batch_size=batch, seed=0)
+                               num_return_sequences=k, batch_size=batch, batch_tokens=batch * (new + 64), seed=0)
         _sync(device)
         sec = time.perf_counter() - t0
         useful = sum(len(tok(p)["input_ids"]) for p in prompts) + len(prompts) * k * new

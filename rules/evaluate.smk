@@ -26,11 +26,11 @@ rule generate_continuations:
         runtime=120,
     params:
         settings=lambda w: as_json(dict(EVALUATION["generation"], preprompt=preprompt_text(w.prompting))),
-        batch_size=EVALUATION["batch_size"],
+        batch_tokens=EVALUATION["batch_tokens"],
         runtime_args=RUNTIME_ARGS,
     shell:
         "detoxflow generate-continuations --model {input.model} --prompts {input.prompts} "
-        "--settings {params.settings:q} --batch-size {params.batch_size} {params.runtime_args} "
+        "--settings {params.settings:q} --batch-tokens {params.batch_tokens} {params.runtime_args} "
         "--out {output} > {log} 2>&1"
 
 

@@ -19,7 +19,7 @@ def tiny_overlay(model_dir, shared_data, **sections) -> dict:
         "model": {"base": str(model_dir), "device": "cpu"},
         "datasets": {"rtp_prompts": {"sample": 6}},
         "evaluation": {
-            "batch_size": 8,
+            "batch_tokens": 512,
             "generation": {"k": 2, "max_new_tokens": 6},
             "perplexity": {"window": 64, "stride": 32, "max_tokens": 256},
         },

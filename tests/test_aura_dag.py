@@ -23,7 +23,7 @@ def test_aura_branch_end_to_end(tmp_path, shared_data, tiny_gpt2_dir):
         tiny_gpt2_dir,
         shared_data,
         evaluation={
-            "batch_size": 8,
+            "batch_tokens": 512,
             "generation": {"k": 2, "max_new_tokens": 6},
             "perplexity": {"window": 64, "stride": 32, "max_tokens": 256},
             "preprompts": {"polite": POLITE, "adversarial": ADVERSARIAL},

@@ -193,3 +193,21 @@ def test_sound_bin_and_sharded_folders_still_load(tmp_path, tiny_gpt2_dir):
         ids = torch.tensor([[1, 2, 3, 4]])
         with torch.no_grad():
             assert torch.equal(loaded(ids).logits, reference(ids).logits), name
+
+
+def test_auto_dtype_follows_native_bf16_on_the_cpu(tmp_path, monkeypatch):
+    import torch
+
+    from detoxflow import runtime
+
+    with_bf16 = tmp_path / "cpuinfo_bf16"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n")
+    without = tmp_path / "cpuinfo_plain"
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert runtime.cpu_has_native_bf16(str(with_bf16)) and not runtime.cpu_has_native_bf16(str(without))
+    assert not runtime.cpu_has_native_bf16(str(tmp_path / "missing"))
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda native=native: native)
+        assert runtime.resolve_dtype("auto", torch.device("cpu")) == expected
+        assert runtime.resolve_dtype("auto") == torch.float32  # writing a folder: float32
+        assert runtime.resolve_dtype("float32", torch.device("cpu")) == torch.float32

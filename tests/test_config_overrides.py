@@ -105,7 +105,7 @@ def test_a_bad_value_from_the_command_line_is_named(tmp_path):
 
 def test_duplicate_keys_are_refused_with_file_line_and_key(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("evaluation:\n  batch_size: 4\nmodel: {device: cpu}\nevaluation:\n  generation: {k: 2}\n")
+    bad.write_text("evaluation:\n  batch_tokens: 4\nmodel: {device: cpu}\nevaluation:\n  generation: {k: 2}\n")
     with pytest.raises(DetoxflowError, match=r"bad\.yaml, line 4: duplicate key 'evaluation' \(first at line 1\)"):
         load_yaml(bad)
     nested = tmp_path / "nested.yaml"
@@ -128,7 +128,7 @@ def test_every_yaml_file_of_the_workflow_has_unique_keys(path):
 
 def test_snakemake_refuses_an_overlay_with_a_duplicate_key(tmp_path, shared_data):
     bad = tmp_path / "preset.yaml"
-    bad.write_text(f"data_root: {shared_data}\nevaluation: {{batch_size: 4}}\nevaluation: {{generation: {{k: 5}}}}\n")
+    bad.write_text(f"data_root: {shared_data}\nevaluation: {{batch_tokens: 4}}\nevaluation: {{generation: {{k: 5}}}}\n")
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path / "run"),
          "-n", "--cores", "1", "--configfile", str(bad)], capture_output=True, text=True)

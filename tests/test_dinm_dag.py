@@ -13,11 +13,11 @@ from pipeline import run_snakemake, tiny_overlay
 
 SECTIONS = {
     "datasets": {"rtp_prompts": {"sample": 2}},
-    "evaluation": {"batch_size": 8, "generation": {"k": 1, "max_new_tokens": 3},
+    "evaluation": {"batch_tokens": 512, "generation": {"k": 1, "max_new_tokens": 3},
                    "perplexity": {"window": 32, "stride": 32, "max_tokens": 64}},
     "safeedit": {"enabled": True, "data": {"source": "standin", "standin": {"n_train": 1, "n_test": 2}},
                  "n_instances": 2, "prompt": {"chat_template": False},
-                 "generation": {"max_new_tokens": 4, "batch_size": 10}, "judge": {"kind": "offline"}},
+                 "generation": {"max_new_tokens": 4, "batch_tokens": 1024}, "judge": {"kind": "offline"}},
     "dinm": {"enabled": True, "lr": 0.01, "steps": 2,
              "model": {"instances": 1, "mode": "sequential"}, "per_instance": {"enabled": True, "n_instances": 2}},
 }

@@ -18,7 +18,7 @@ from detoxflow.evaluation.safeedit.responses import build_requests, fill_respons
 from detoxflow.methods.dinm.protocol import per_instance_report, report_markdown, run_per_instance
 
 EVAL = {"prompt": {"suffix": "Answer:", "chat_template": False, "suffix_for": "all"},
-        "generation": {"max_new_tokens": 3, "batch_size": 4}}
+        "generation": {"max_new_tokens": 3, "batch_tokens": 256}}
 DINM = DinmSettings.defaults(lr=1e-2, steps=2, suffix=EVAL["prompt"]["suffix"], chat_template=False)
 
 

@@ -80,3 +80,34 @@ def test_perplexity_is_exp_of_mean_nll(tiny_gpt2_dir):
     assert out["perplexity"] == pytest.approx(math.exp(nll / count))
     with pytest.raises(DetoxflowError, match="stride"):
         sliding_window_nll(model, [1, 2, 3], window=2, stride=3)
+
+
+def _full_logits_nll(model, ids, window, stride):
+    """0.1's loop: vocabulary logits for every window position, then keep the not-yet-scored targets."""
+    ids = torch.as_tensor(list(ids))
+    n, total, count, prev_end = ids.numel(), 0.0, 0, 0
+    for begin in range(0, n, stride):
+        end = min(begin + window, n)
+        chunk = ids[begin:end].unsqueeze(0)
+        with torch.no_grad():
+            logits = model(chunk).logits[0, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="none")
+        first_new = max(prev_end, begin + 1) - (begin + 1)
+        total += float(nll[first_new:].sum())
+        count += int(nll.numel() - first_new)
+        prev_end = end
+        if end == n:
+            break
+    return total, count
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("window, stride", [(16, 8), (16, 16), (32, 5), (7, 3)])
+def test_scored_positions_only_equals_full_logits(family, window, stride, tiny_gpt2_dir, tiny_llama_dir):
+    folder = {"gpt2": tiny_gpt2_dir, "llama": tiny_llama_dir}[family]
+    model, tok = load_model(folder, device="cpu"), load_tokenizer(folder)
+    ids = tok("The quick brown fox jumps over the lazy dog. " * 6)["input_ids"]
+    nll, count = sliding_window_nll(model, ids, window=window, stride=stride)
+    ref_nll, ref_count = _full_logits_nll(model, ids, window, stride)
+    assert count == ref_count
+    assert nll == pytest.approx(ref_nll, rel=1e-5)

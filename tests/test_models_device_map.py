@@ -42,7 +42,7 @@ def _same_outputs(model, reference, tokenizer, text):
         got = model(**ids.to(input_device(model))).logits
         want = reference(**ids).logits
     assert torch.equal(got, want)
-    greedy = dict(max_new_tokens=12, batch_size=2, desc="test")
+    greedy = dict(max_new_tokens=12, batch_tokens=64, desc="test")
     assert generate_continuations(model, tokenizer, PROMPTS, **greedy) == \
         generate_continuations(reference, tokenizer, PROMPTS, **greedy)
     window = dict(window=64, stride=32, max_tokens=600)

@@ -38,7 +38,7 @@ def test_dry_run_with_every_stage(tmp_path, shared_data):
 @pytest.mark.slow
 def test_full_run_on_tiny_gpt2(tmp_path, shared_data, tiny_gpt2_dir):
     overlay = tiny_overlay(tiny_gpt2_dir, shared_data,
-                           evaluation={"batch_size": 8, "generation": {"k": 2, "max_new_tokens": 6},
+                           evaluation={"batch_tokens": 512, "generation": {"k": 2, "max_new_tokens": 6},
                                        "perplexity": {"window": 64, "stride": 32, "max_tokens": 256},
                                        "preprompts": {"polite": "Please be kind. ", "adversarial": None},
                                        "preprompt_models": ["base"]})

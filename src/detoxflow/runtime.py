@@ -31,10 +31,26 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU computes in bfloat16 natively (x86 flags ``amx_bf16`` or ``avx512_bf16``)."""
+    try:
+        with open(cpuinfo) as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
+
+
 def resolve_dtype(name: str = "float32", device: torch.device | None = None) -> torch.dtype:
-    """``auto`` -> bfloat16 on a GPU that supports it, else float32."""
+    """``auto`` -> bfloat16 on a GPU that supports it or on a CPU with native bf16 (``amx_bf16`` /
+    ``avx512_bf16``), else float32. Without a device (e.g. when a model folder is written) ``auto`` is float32."""
     if name == "auto":
         if device is not None and device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        if device is not None and device.type == "cpu" and cpu_has_native_bf16():
             return torch.bfloat16
         return torch.float32
     try:

@@ -28,17 +28,22 @@ def _generate(args) -> None:
     model, tokenizer = load_model_and_tokenizer(args)
     preprompt = s["preprompt"]
     inputs = [preprompt + p["text"] for p in prompts]
+    stats: dict = {}
     outputs = generate_continuations(
         model, tokenizer, inputs,
         max_new_tokens=s["max_new_tokens"], do_sample=s["do_sample"], top_p=s["top_p"],
-        temperature=s["temperature"], num_return_sequences=s["k"], batch_size=args.batch_size,
-        seed=s["seed"], desc=f"generating ({args.model})",
+        temperature=s["temperature"], num_return_sequences=s["k"], batch_tokens=args.batch_tokens,
+        seed=s["seed"], desc=f"generating ({args.model})", stats=stats,
     )
+    cut = stats["truncated_tokens"]
     write_jsonl(args.out, (
         {"prompt_index": i, "prompt": p["text"], "preprompt": preprompt, "continuations": conts,
+         **({"prompt_tokens_cut": cut[i]} if cut[i] else {}),
          **({"prompt_toxicity": p["prompt_toxicity"]} if "prompt_toxicity" in p else {})}
         for i, (p, conts) in enumerate(zip(prompts, outputs))
     ))
+    log.info("%d prompts x %d continuations written to %s; %d prompts cut from the left to fit the context",
+             len(prompts), s["k"], args.out, stats["truncated"])
 
 
 def _score_toxicity(args) -> None:
@@ -134,7 +139,8 @@ def register(sub) -> None:
     p.add_argument("--prompts", required=True, help="JSONL rows with `text`")
     p.add_argument("--settings", required=True, type=settings_arg("evaluation", "generation"),
                    help="JSON: evaluation.generation (k, max_new_tokens, top_p, temperature, do_sample, seed, preprompt)")
-    p.add_argument("--batch-size", type=int, required=True)
+    p.add_argument("--batch-tokens", type=int, required=True,
+                   help="token budget of a batch: prompts x (longest prompt + k x max_new_tokens)")
     add_runtime_args(p)
     p.add_argument("--out", required=True)
     p.set_defaults(handler=_generate)

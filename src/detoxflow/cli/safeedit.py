@@ -86,8 +86,8 @@ def _safeedit_generate(args) -> None:
     model, tok = load_model_and_tokenizer(args)
     rows = build_requests(records, tok, suffix=suffix, chat_template=ev["prompt"]["chat_template"])
     stats = fill_responses(model, tok, rows, **ev["generation"])
-    log.info("%d SafeEdit inputs of %d instances: %d generated, %d shared", len(rows), len(records),
-             stats["generated"], stats["reused"])
+    log.info("%d SafeEdit inputs of %d instances: %d generated, %d shared, %d prompts cut from the left to fit "
+             "the context", len(rows), len(records), stats["generated"], stats["reused"], stats["truncated"])
     write_jsonl(args.out, rows)
 
 

@@ -4,6 +4,8 @@ Each token (but the first) is predicted exactly once: a window of ``window``
 tokens moves by ``stride``; only the targets not scored by the previous window
 count, each with up to ``window - stride`` tokens of left context from the
 overlap. (The seed code averaged per-window exp(loss); this is the standard.)
+The vocabulary projection and the cross-entropy are computed only for the scored
+positions of each window (``logits_to_keep``), not for the overlap context.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def model_max_positions(model) -> int | None:
     return None
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sliding_window_nll(model, input_ids: Sequence[int], window: int, stride: int) -> tuple[float, int]:
     """Sum of token NLLs (nats) and number of predicted tokens over ``input_ids``."""
     if stride > window:
@@ -37,18 +39,25 @@ def sliding_window_nll(model, input_ids: Sequence[int], window: int, stride: int
     if n < 2:
         raise DetoxflowError("perplexity needs a text of at least 2 tokens")
     device = input_device(model)
+    import inspect
+
+    keep_ok = "logits_to_keep" in inspect.signature(model.forward).parameters
     total_nll, total_tokens, prev_end = 0.0, 0, 0
     starts = list(range(0, n, stride))
     for begin in tqdm(starts, desc="perplexity", unit="window"):
         end = min(begin + window, n)
         chunk = ids[begin:end].unsqueeze(0).to(device)
-        logits = model(chunk).logits[0, :-1].float()
-        targets = chunk[0, 1:]
-        nll = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
-        # target at chunk position j+1 is absolute token begin+j+1; keep those not yet scored
+        m = end - begin
+        # logits at chunk position j predict token begin+j+1; score j in [first_new, m - 1) (not yet scored)
         first_new = max(prev_end, begin + 1) - (begin + 1)
-        total_nll += float(nll[first_new:].sum())
-        total_tokens += int(nll.numel() - first_new)
+        if keep_ok:  # the last m - first_new positions: the scored ones and the last (which predicts nothing)
+            logits = model(chunk, logits_to_keep=m - first_new).logits[0, :-1].float()
+        else:
+            logits = model(chunk).logits[0, first_new:-1].float()
+        targets = chunk[0, first_new + 1:]
+        nll = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+        total_nll += float(nll)
+        total_tokens += int(targets.numel())
         prev_end = end
         if end == n:
             break

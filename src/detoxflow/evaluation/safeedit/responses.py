@@ -46,32 +46,42 @@ def build_requests(records: Sequence[dict], tokenizer, *, suffix: str, chat_temp
     return rows
 
 
-def generate_for_prompts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int,
-                         desc: str = "safeedit") -> dict[str, str]:
-    """Greedy responses for the distinct prompts (longest first, to keep padding low)."""
+def generate_for_prompts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_tokens: int,
+                         desc: str = "safeedit", stats: dict | None = None) -> dict[str, str]:
+    """Greedy responses for the distinct prompts (the engine sorts them by length and batches by tokens).
+
+    A prompt longer than the model's context minus ``max_new_tokens`` is cut from the left (as the
+    reference does); ``stats``, when given, receives ``truncated`` (how many).
+    """
     from ...generation import generate_continuations  # torch: imported only where generation happens
 
     distinct = list(OrderedDict.fromkeys(prompts))
+    info: dict = {}
+    if distinct:
+        outs = generate_continuations(model, tokenizer, distinct, max_new_tokens=max_new_tokens, do_sample=False,
+                                      batch_tokens=batch_tokens, desc=desc, stats=info)
+    if stats is not None:
+        stats["truncated"] = stats.get("truncated", 0) + info.get("truncated", 0)
     if not distinct:
         return {}
-    lengths = {p: len(tokenizer(p)["input_ids"]) for p in distinct}
-    ordered = sorted(distinct, key=lambda p: -lengths[p])
-    outs = generate_continuations(model, tokenizer, ordered, max_new_tokens=max_new_tokens, do_sample=False,
-                                  batch_size=batch_size, desc=desc)
-    return {p: o[0] for p, o in zip(ordered, outs)}
+    return {p: o[0] for p, o in zip(distinct, outs)}
 
 
-def fill_responses(model, tokenizer, rows: list[dict], *, max_new_tokens: int, batch_size: int,
+def fill_responses(model, tokenizer, rows: list[dict], *, max_new_tokens: int, batch_tokens: int,
                    cache: dict[str, str] | None = None, desc: str = "safeedit") -> dict:
-    """Give every row a ``response``; prompts in ``cache`` are not generated again (the cache is extended)."""
+    """Give every row a ``response``; prompts in ``cache`` are not generated again (the cache is extended).
+
+    Returns ``generated``, ``reused`` and ``truncated`` (prompts cut from the left to fit the context).
+    """
     cache = {} if cache is None else cache
     todo = [r["prompt"] for r in rows if r["prompt"] not in cache]
-    new = generate_for_prompts(model, tokenizer, todo, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                               desc=desc)
+    info: dict = {}
+    new = generate_for_prompts(model, tokenizer, todo, max_new_tokens=max_new_tokens, batch_tokens=batch_tokens,
+                               desc=desc, stats=info)
     cache.update(new)
     for r in rows:
         r["response"] = cache[r["prompt"]]
-    return {"generated": len(new), "reused": len(rows) - len(new)}
+    return {"generated": len(new), "reused": len(rows) - len(new), "truncated": info.get("truncated", 0)}
 
 
 def score_rows(rows: list[dict], judge_settings: dict, *, cache: dict[str, dict] | None = None) -> list[dict]:
