@@ -188,3 +188,54 @@ def record_pooled(
             )
         out[name] = buf
     return out, n_tokens
+
+
+@torch.no_grad()
+def execution_order(model: torch.nn.Module, names: Sequence[str]) -> list[str]:
+    """``names`` in the order their modules first run in a forward pass (one token, batch of one).
+
+    ``named_modules()`` lists modules in registration order, which is not always the order of
+    computation (a Llama layer registers its attention and MLP before its norms). Estimation that
+    conditions on earlier interventions, and folding that pushes a shift downstream, need the latter.
+    """
+    seen: list[str] = []
+    handles = []
+    for name in names:
+        mod = model.get_submodule(name)
+
+        def hook(_m, _i, _o, name=name):
+            if name not in seen:
+                seen.append(name)
+
+        handles.append(mod.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        ids = torch.zeros((1, 2), dtype=torch.long, device=input_device(model))
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    missing = [n for n in names if n not in seen]
+    if missing:
+        raise DetoxflowError(f"modules never ran in the forward pass: {', '.join(missing[:5])}")
+    return seen
+
+
+def sample_balanced(toxic: Sequence[dict], nontoxic: Sequence[dict], per_class: int, seed: int, *,
+                    section: str, names: tuple[str, str] = ("toxic", "nontoxic")) -> tuple[list[str], list[int]]:
+    """``per_class`` distinct non-empty texts of each recipe (seeded), toxic first -> (texts, labels 1/0)."""
+    import random
+
+    rng = random.Random(seed)
+    texts_out: list[str] = []
+    labels: list[int] = []
+    for rows, label, name in ((toxic, 1, names[0]), (nontoxic, 0, names[1])):
+        texts = list(OrderedDict.fromkeys(t for t in (str(r.get("text") or "").strip() for r in rows) if t))
+        if len(texts) < per_class:
+            raise DetoxflowError(f"{section}: recipe '{name}' has {len(texts)} distinct non-empty texts, fewer "
+                                 f"than {section}.sentences_per_class={per_class}")
+        texts_out += rng.sample(texts, per_class)
+        labels += [label] * per_class
+    return texts_out, labels
