@@ -16,19 +16,16 @@ except DetoxflowError as exc:
 # a composition on a model of a disabled stage is skipped (as evaluation.preprompt_models does)
 _act_skipped = [v["name"] for v in _act_specs if v["start"] not in STAGES.variants()]
 if ACT["enabled"] and _act_skipped:
-    print(f"act.compose: skipping {', '.join(_act_skipped)} (start model not produced by an enabled stage)",
-          file=sys.stderr)
+    print(
+        f"act.compose: skipping {', '.join(_act_skipped)} (start model not produced by an enabled stage)",
+        file=sys.stderr,
+    )
 ACT_VARIANTS = {v["name"]: v for v in _act_specs if v["name"] not in _act_skipped}
 ACT_STARTS = sorted({v["start"] for v in ACT_VARIANTS.values()}) or ["base"]
 
 if ACT["enabled"]:
 
     register_stage("act", variants=ACT_VARIANTS)
-
-
-def act_maps(variant):
-    v = ACT_VARIANTS[variant]
-    return f"{ACT_DIR}/{v['start']}/{v['method']}/maps.safetensors"
 
 
 rule act_estimate:
