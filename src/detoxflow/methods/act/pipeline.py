@@ -12,7 +12,7 @@ import torch
 from ...activations import sample_balanced
 from ...folding import fold_affine_output
 from ...io import read_jsonl, write_jsonl
-from ...models import load_model, load_tokenizer, read_metadata, save_model_folder
+from ...models import load_model, load_tokenizer, model_chain, read_metadata, save_model_folder
 from ...runtime import seed_everything
 from .estimators import with_strength
 from .hooks import transport_hooks
@@ -55,15 +55,6 @@ def fold_maps(model, maps, strength: float) -> None:
         fold_affine_output(model, name, scale, shift)
 
 
-def chain_of(model_dir) -> list[str]:
-    """The methods that made a model folder, oldest first (``[]`` for the base model)."""
-    meta = read_metadata(model_dir)
-    if "chain" in meta:
-        return list(meta["chain"])
-    method = meta.get("method", "external")
-    return [] if method in ("base", "external") else [method]
-
-
 @torch.no_grad()
 def fold_check(model_dir, folded, maps, strength: float, texts: list[str], dtype: str) -> dict:
     """Max |logit difference| of the folded model vs the hooked map, with and without the reference's clipping."""
@@ -95,6 +86,6 @@ def run_fold(model_dir, maps_path, spec: dict, out, *, sentences=None, dtype="au
         log.info("fold check (max |logit diff|): %s", check)
     params = {"strength": float(spec["strength"]), "n_units": int(meta["n_units"]),
               "incremental": bool(meta["incremental"]), "sentences_per_class": int(meta["n_sentences"]) // 2}
-    chain = chain_of(model_dir) + [spec["method"]]
+    chain = model_chain(model_dir) + [spec["method"]]
     return save_model_folder(model, tokenizer, out, method=spec["method"], params=params,
                              extra={"chain": chain, "start": spec["start"], "fold_check": check})

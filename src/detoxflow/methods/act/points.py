@@ -20,7 +20,7 @@ import torch
 from ...activations import execution_order
 from ...errors import DetoxflowError
 from ...folding import is_conv1d, is_rmsnorm
-from ..aura.modules import ARCHITECTURE_PRESETS, abbreviate_names, pattern_to_regex
+from ...module_names import ARCHITECTURE_PRESETS, abbreviate_names, pattern_to_regex
 
 PRESETS: dict[str, list[str]] = {
     "gpt2": ["transformer.h.*.ln_1", "transformer.h.*.ln_2", "transformer.ln_f"],

@@ -8,17 +8,11 @@ the same method estimated and folded on the model folder ``start`` (another stag
 from __future__ import annotations
 
 from ...errors import DetoxflowError
-from ...stages import VARIANT_NAME
-
-CHAIN_SEP = "--"
+from ...stages import VARIANT_NAME, composed_name
 
 
 def strength_name(method: str, strength: float) -> str:
     return method if float(strength) == 1.0 else f"{method}_s{float(strength):g}"
-
-
-def chained(start: str, name: str) -> str:
-    return name if start == "base" else f"{start}{CHAIN_SEP}{name}"
 
 
 def variant_specs(section: dict, *, stage: str = "act", methods_key: str = "methods") -> list[dict]:
@@ -27,7 +21,7 @@ def variant_specs(section: dict, *, stage: str = "act", methods_key: str = "meth
              for m in section[methods_key] for s in section["strengths"]]
     for entry in section.get("compose", []):
         strengths = entry.get("strengths") or section["strengths"]
-        specs += [{"name": chained(entry["start"], strength_name(entry["method"], s)), "start": entry["start"],
+        specs += [{"name": composed_name(entry["start"], strength_name(entry["method"], s)), "start": entry["start"],
                    "method": entry["method"], "strength": float(s)} for s in strengths]
     names = [v["name"] for v in specs]
     dupes = sorted({n for n in names if names.count(n) > 1})

@@ -16,6 +16,7 @@ import torch
 
 from ...activations import record_pooled
 from ...errors import DetoxflowError
+from ...module_names import ARCHITECTURE_PRESETS
 
 # model_type family -> (decoder block, its MLP output projection, its attention output projection) patterns
 LAYOUTS = {
@@ -25,8 +26,6 @@ LAYOUTS = {
 
 
 def layout(model) -> tuple[str, str, str]:
-    from ..aura.modules import ARCHITECTURE_PRESETS
-
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     family = ARCHITECTURE_PRESETS.get(model_type)
     if family not in LAYOUTS or "gemma" in str(model_type):

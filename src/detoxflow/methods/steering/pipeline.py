@@ -14,9 +14,8 @@ from ...activations import record_pooled, sample_balanced
 from ...errors import DetoxflowError
 from ...folding import add_to_input, add_to_output
 from ...io import atomic_path, read_jsonl
-from ...models import load_model, load_tokenizer, read_metadata, save_model_folder
+from ...models import load_model, load_tokenizer, model_chain, read_metadata, save_model_folder
 from ...runtime import seed_everything
-from ..act.pipeline import chain_of
 from .actadd import layout, n_layers, steering_vector
 from .iti import head_directions, head_shifts, select_heads
 
@@ -109,4 +108,4 @@ def run_fold(model_dir, directions, spec: dict, settings: dict, out, *, dtype="a
     tokenizer = load_tokenizer(model_dir)
     params = fold_steering(model, tensors, meta, spec["strength"], settings)
     return save_model_folder(model, tokenizer, out, method=spec["method"], params=params,
-                             extra={"chain": chain_of(model_dir) + [spec["method"]], "start": spec["start"]})
+                             extra={"chain": model_chain(model_dir) + [spec["method"]], "start": spec["start"]})

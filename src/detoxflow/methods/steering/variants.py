@@ -8,8 +8,7 @@ bias multiplier, not bounded by 1, so it is always in the name); each ``compose`
 from __future__ import annotations
 
 from ...errors import DetoxflowError
-from ...stages import VARIANT_NAME
-from ..act.variants import chained
+from ...stages import VARIANT_NAME, composed_name
 
 METHODS = ("iti_c", "actadd")
 
@@ -24,7 +23,7 @@ def variant_specs(section: dict) -> list[dict]:
     for entry in section.get("compose", []):
         method = entry["method"]
         strengths = entry.get("strengths") or section[method]["strengths"]
-        specs += [{"name": chained(entry["start"], f"{method}_s{float(s):g}"), "start": entry["start"],
+        specs += [{"name": composed_name(entry["start"], f"{method}_s{float(s):g}"), "start": entry["start"],
                    "method": method, "strength": float(s)} for s in strengths]
     names = [v["name"] for v in specs]
     dupes = sorted({n for n in names if names.count(n) > 1})
