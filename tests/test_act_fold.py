@@ -111,3 +111,30 @@ def test_unfoldable_points_are_refused(tiny_llama_dir):
         fold_maps(model, maps, 1.0)
     with pytest.raises(DetoxflowError, match="cannot fold a per-unit map"):
         select_points(model, ["model.layers.0.mlp.act_fn"])
+
+
+def test_run_fold_writes_a_plain_folder_with_its_chain_and_fold_check(tiny_gpt2_dir, tmp_path):
+    from detoxflow.io import write_jsonl
+    from detoxflow.methods.act.incremental import save_maps
+    from detoxflow.methods.act.pipeline import run_fold
+    from detoxflow.models import read_metadata
+
+    model = load_model(tiny_gpt2_dir, device="cpu")
+    points = select_points(model, "gpt2")
+    maps = _random_maps(points)
+    for m in maps.values():  # a support that clips some activations
+        m.lo, m.hi = torch.full_like(m.beta, -0.5), torch.full_like(m.beta, 0.5)
+    save_maps(tmp_path / "maps.safetensors", maps, {"n_units": 160, "incremental": True, "n_sentences": 4})
+    write_jsonl(tmp_path / "s.jsonl", [{"text": t} for t in TEXTS])
+    out = run_fold(tiny_gpt2_dir, tmp_path / "maps.safetensors",
+                   {"name": "linear_act_s0.5", "start": "base", "method": "linear_act", "strength": 0.5},
+                   tmp_path / "folded", sentences=tmp_path / "s.jsonl")
+    meta = read_metadata(out)
+    assert meta["chain"] == ["linear_act"] and meta["params"]["strength"] == 0.5
+    check = meta["fold_check"]
+    assert check["vs_unclipped"] < 1e-4 * check["logit_scale"] < check["vs_clipped"]
+    folded = AutoModelForCausalLM.from_pretrained(out).eval()
+    tok = load_tokenizer(tiny_gpt2_dir)
+    with transport_hooks(model, maps, 0.5, clip=False):
+        want = _logits(model, tok)
+    assert torch.allclose(_logits(folded, tok), want, atol=1e-4)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -56,20 +55,24 @@ def fold_maps(model, maps, strength: float) -> None:
 
 
 @torch.no_grad()
-def fold_check(model_dir, folded, maps, strength: float, texts: list[str], dtype: str) -> dict:
-    """Max |logit difference| of the folded model vs the hooked map, with and without the reference's clipping."""
-    tok = load_tokenizer(model_dir, padding_side="right")
-    enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=64)
+def hooked_logits(model, tokenizer, maps, strength: float, texts: list[str]) -> dict:
+    """Logits of the hooked map (with and without the reference's clipping) on ``texts``, before folding."""
+    enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=64)
     mask = enc["attention_mask"].bool()
-    ref = load_model(model_dir, dtype=dtype, device="cpu")
-    out = {}
-    got = folded(**enc).logits[mask].float()
+    out = {"enc": enc, "mask": mask}
     for clip in (False, True):
-        with transport_hooks(ref, maps, strength, clip=clip):
-            want = ref(**enc).logits[mask].float()
-        out["vs_clipped" if clip else "vs_unclipped"] = float((got - want).abs().max())
-    out["logit_scale"] = float(got.abs().max())
+        with transport_hooks(model, maps, strength, clip=clip):
+            out[clip] = model(**enc).logits[mask].float()
     return out
+
+
+@torch.no_grad()
+def fold_gaps(folded, reference: dict) -> dict:
+    """Max |logit difference| of the folded model vs the hooked map, unclipped and clipped."""
+    got = folded(**reference["enc"]).logits[reference["mask"]].float()
+    return {"vs_unclipped": float((got - reference[False]).abs().max()),
+            "vs_clipped": float((got - reference[True]).abs().max()),
+            "logit_scale": float(got.abs().max())}
 
 
 def run_fold(model_dir, maps_path, spec: dict, out, *, sentences=None, dtype="auto",
@@ -78,11 +81,16 @@ def run_fold(model_dir, maps_path, spec: dict, out, *, sentences=None, dtype="au
     load_dtype = dtype if dtype != "auto" else read_metadata(model_dir).get("dtype", "float32")
     model = load_model(model_dir, dtype=load_dtype, device="cpu", trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(model_dir)
+    reference = None
+    if sentences:  # the fold check: 8 of the estimation sentences, spread over both classes
+        rows = read_jsonl(sentences)
+        texts = [r["text"] for r in rows][:: max(1, len(rows) // 8)][:8]
+        reference = hooked_logits(model, load_tokenizer(model_dir, padding_side="right"), maps,
+                                  spec["strength"], texts)
     fold_maps(model, maps, spec["strength"])
     check = None
-    if sentences:
-        texts = [r["text"] for r in read_jsonl(sentences)][:: max(1, len(read_jsonl(sentences)) // 8)][:8]
-        check = fold_check(model_dir, model, maps, spec["strength"], texts, load_dtype)
+    if reference is not None:
+        check = fold_gaps(model, reference)
         log.info("fold check (max |logit diff|): %s", check)
     params = {"strength": float(spec["strength"]), "n_units": int(meta["n_units"]),
               "incremental": bool(meta["incremental"]), "sentences_per_class": int(meta["n_sentences"]) // 2}
