@@ -23,6 +23,8 @@ include: "rules/safeedit.smk"
 include: "rules/task_vectors.smk"
 include: "rules/aura.smk"
 include: "rules/dinm.smk"
+include: "rules/act.smk"
+include: "rules/steering.smk"
 include: "rules/summary.smk"
 include: "rules/capability.smk"
 

@@ -251,3 +251,40 @@ def dinm_profile_inputs(wildcards):
     if config["dinm"]["per_instance"]["enabled"]:
         inputs["per_instance"] = f"{RESULTS}/dinm/per_instance/edits.json"
     return inputs
+
+
+# The act stage (rules/act.smk) ---------------------------------------------------------------------
+
+
+def act_maps(variant):
+    v = ACT_VARIANTS[variant]
+    return f"{ACT_DIR}/{v['start']}/{v['method']}/maps.safetensors"
+
+
+# The steering stage (rules/steering.smk) -----------------------------------------------------------
+
+
+def steering_estimate_inputs(wildcards):
+    inputs = {"model": model_folder(wildcards.steering_start)}
+    if wildcards.steering_method == "iti_c":
+        inputs["toxic"] = recipe_path(STEERING["toxic"])
+        inputs["nontoxic"] = recipe_path(STEERING["nontoxic"])
+    return inputs
+
+
+def steering_estimate_settings(wildcards):
+    """Only what the estimation of this method reads (strengths and the other method's keys rerun nothing)."""
+    if wildcards.steering_method == "actadd":
+        return as_json({"actadd": pick(STEERING["actadd"], "layer", "positive", "negative")})
+    return as_json(pick(STEERING, "sentences_per_class", "seed", "max_tokens", "batch_size", "pool_special_tokens"))
+
+
+def steering_data_args(wildcards, input):
+    if wildcards.steering_method != "iti_c":
+        return ""
+    return f"--toxic {input.toxic} --nontoxic {input.nontoxic}"
+
+
+def steering_directions(variant):
+    v = STEERING_VARIANTS[variant]
+    return f"{STEERING_DIR}/{v['start']}/{v['method']}.safetensors"

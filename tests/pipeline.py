@@ -28,6 +28,8 @@ def tiny_overlay(model_dir, shared_data, **sections) -> dict:
         "dinm": {"enabled": False},
         "safeedit": {"enabled": False},
         "capability": {"enabled": False},
+        "act": {"enabled": False},
+        "steering": {"enabled": False},
     }
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(overlay.get(key), dict):

@@ -68,8 +68,10 @@ def test_markdown_is_a_compact_main_table_then_one_table_per_method(three_runs):
     md = summary_markdown(df, method_params)
     lines = md.splitlines()
     main = lines[lines.index("# Summary") + 2]
-    assert main == "| variant | method | EMT | tox. prob. | mean tox. | perplexity | SafeEdit DS | DG-Avg |"
-    assert "| aura | aura | 0.25 | 0.5 | 0.1 | 21 |  |  |" in lines
+    assert main == ("| variant | method | chain | EMT | tox. prob. | mean tox. | perplexity | SafeEdit DS | DG-Avg "
+                    "| pareto | best (≤ base ppl + 1) |")
+    assert "| aura | aura | aura | 0.25 | 0.5 | 0.1 | 21 |  |  | ✓ | ✓ |" in lines
+    assert any(line.startswith("**Least toxic within +1 perplexity of base**: `aura`") for line in lines)
     assert "## More metrics" in lines and "## task_vector_merge: parameters" in lines and "## aura: parameters" in lines
     i = lines.index("## task_vector_merge: parameters")
     assert lines[i + 2:i + 5] == ["| variant | lambda | n_splits |", "|---|---|---|", "| tv_merge_n5_l1.0 | 1 | 5 |"]
@@ -106,3 +108,24 @@ def test_markdown_prints_counts_as_integers():
     df = pd.DataFrame({"variant": ["a", "b"], "n_dampened": [38174.0, float("nan")], "perplexity": [18.7399, 12345.678]})
     rows = to_markdown(df).splitlines()[2:]
     assert rows == ["| a | 38174 | 18.7399 |", "| b |  | 1.235e+04 |"]
+
+
+def test_chain_pareto_and_best_within_budget(tmp_path):
+    """A composed folder shows its chain; the Pareto marks and the +1 perplexity pick, computed by hand."""
+    _fake_run(tmp_path, "base", "plain", 0.40, 20.0, {"method": "base", "params": {}})
+    _fake_run(tmp_path, "aura", "plain", 0.30, 20.5, {"method": "aura", "params": {}})
+    _fake_run(tmp_path, "aura--linear_act", "plain", 0.10, 22.0,
+              {"method": "linear_act", "params": {"strength": 1.0}, "chain": ["aura", "linear_act"]})
+    _fake_run(tmp_path, "mean_act", "plain", 0.20, 20.9, {"method": "mean_act", "params": {}, "chain": ["mean_act"]})
+    _fake_run(tmp_path, "bad", "plain", 0.35, 21.0, {"method": "x", "params": {}})  # beaten by mean_act
+    _fake_run(tmp_path, "base", "polite", 0.05, 20.0, {"method": "base", "params": {}})  # pre-prompted: not ranked
+    runs = [("base", "plain"), ("aura", "plain"), ("aura--linear_act", "plain"), ("mean_act", "plain"),
+            ("bad", "plain"), ("base", "polite")]
+    df, _ = build_table(_spec(tmp_path, runs))
+    rows = df.set_index("variant")
+    assert rows.loc["aura--linear_act", "chain"] == "aura → linear_act"
+    assert rows.loc["base", "chain"] == "" and rows.loc["aura", "chain"] == "aura"
+    pareto = {v for v in rows.index if rows.loc[v, "pareto"]}
+    assert pareto == {"base", "aura", "mean_act", "aura--linear_act"}
+    assert [v for v in rows.index if rows.loc[v, "best_within_1ppl"]] == ["mean_act"]  # 20.9 <= 21; 22.0 is not
+    assert list(df.columns[4:7]) == ["chain", "pareto", "best_within_1ppl"]

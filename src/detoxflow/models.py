@@ -305,6 +305,18 @@ def save_model_folder(
     return out
 
 
+def model_chain(model_dir: str | os.PathLike) -> list[str]:
+    """The methods that made a model folder, oldest first (``[]`` for the base or an external model).
+
+    A method started from another method's folder records ``chain`` = the start's chain plus itself.
+    """
+    meta = read_metadata(model_dir)
+    if "chain" in meta:
+        return list(meta["chain"])
+    method = meta.get("method", "external")
+    return [] if method in ("base", "external") else [method]
+
+
 def read_metadata(model_dir: str | os.PathLike) -> dict:
     path = Path(model_dir) / METADATA_FILE
     if not path.is_file():

@@ -27,6 +27,13 @@ from .errors import DetoxflowError
 
 #: model folder names (a variant's name is its folder under results/models)
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+#: between the start model and the variant in the name of a composed variant (``aura--linear_act``)
+CHAIN_SEP = "--"
+
+
+def composed_name(start: str, name: str) -> str:
+    """The folder name of variant ``name`` of a method started from model ``start`` (plain for ``base``)."""
+    return name if start == "base" else f"{start}{CHAIN_SEP}{name}"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import sys
 
 from ..errors import DetoxflowError
 
-COMMAND_MODULES = ("base", "evaluation", "safeedit", "capability", "task_vectors", "aura", "dinm")
+COMMAND_MODULES = ("base", "evaluation", "safeedit", "capability", "task_vectors", "aura", "dinm", "act", "steering")
 
 
 def expose_cli_beside_interpreter() -> None:
