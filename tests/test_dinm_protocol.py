@@ -146,3 +146,31 @@ def test_cli_data_generate_score_edit(tmp_path, tiny_gpt2_dir, shared_data):
     # a bad section is a user error (exit 2), not a traceback
     assert main(["dinm-edit-model", "--model", str(tiny_gpt2_dir), "--data", str(train), "--settings",
                  json.dumps({"stepz": 1}), *edit, "--out", str(out), "--record", str(record)]) == 2
+
+
+def test_edit_under_auto_dtype_is_float32_on_a_bf16_cpu(tmp_path, tiny_gpt2_dir, shared_data, monkeypatch):
+    """model.dtype: auto gives bfloat16 for inference on a CPU with native bf16, but DINM trains a layer:
+    its edit (and the folder it writes) stays float32; an explicit bfloat16 is kept."""
+    from safetensors import safe_open
+
+    from detoxflow import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert runtime.resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
+    adv = tmp_path / "advbench.jsonl"
+    rows = pd.read_csv(shared_data / "advbench" / "harmful_behaviors.csv").head(4)
+    adv.write_text("\n".join(json.dumps({"text": g, "target": t}) for g, t in zip(rows["goal"], rows["target"])))
+    standin = dict(section_defaults("safeedit")["data"]["standin"], n_train=1, n_test=1, seed=1)
+    train = tmp_path / "train.json"
+    assert main(["safeedit-data", "--settings", json.dumps({"source": "standin", "standin": standin}), "--advbench",
+                 str(adv), "--train", str(train), "--test", str(tmp_path / "test.json")]) == 0
+    settings = json.dumps(DinmSettings.defaults(lr=1e-2, steps=1, suffix="Answer:").as_dict())
+    dtypes = {}
+    for dtype in ("auto", "bfloat16"):
+        out = tmp_path / f"dinm_{dtype}"
+        assert main(["dinm-edit-model", "--model", str(tiny_gpt2_dir), "--data", str(train), "--settings", settings,
+                     "--instances", "1", "--mode", "sequential", "--seed", "0", "--device", "cpu", "--dtype", dtype,
+                     "--out", str(out), "--record", str(tmp_path / f"edits_{dtype}.json")]) == 0
+        with safe_open(str(out / "model.safetensors"), "pt") as f:
+            dtypes[dtype] = {f.get_slice(k).get_dtype() for k in f.keys()}
+    assert dtypes == {"auto": {"F32"}, "bfloat16": {"BF16"}}

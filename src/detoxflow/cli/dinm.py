@@ -29,6 +29,7 @@ def _dinm_edit_model(args) -> None:
 
     records = select(read_safeedit_file(args.data), args.instances)
     seed_everything(args.seed)
+    _edit_dtype(args)
     model, tok = load_model_and_tokenizer(args)
     settings = DinmSettings.defaults(**args.settings)
     editor = DinmEditor(model, tok, settings)
@@ -47,6 +48,13 @@ def _dinm_edit_model(args) -> None:
                              "edits": [e.as_dict() for e in edits]})
 
 
+def _edit_dtype(args) -> None:
+    """DINM trains a layer: under ``model.dtype: auto`` it edits in float32, as the reference does
+    (bfloat16 weights would round away updates at its learning rates); an explicit dtype is kept."""
+    if args.dtype == "auto":
+        args.dtype = "float32"
+
+
 def _dinm_per_instance(args) -> None:
     from ..data.safeedit import read_safeedit_file, select
     from ..io import read_jsonl, write_json, write_jsonl
@@ -57,6 +65,7 @@ def _dinm_per_instance(args) -> None:
     cache = None
     if args.vanilla_cache and args.vanilla == "cache":
         cache = {r["prompt"]: r["response"] for r in read_jsonl(args.vanilla_cache)}
+    _edit_dtype(args)
     model, tok = load_model_and_tokenizer(args)
     rows, edits, timing = run_per_instance(model, tok, records, settings=DinmSettings.defaults(**args.settings),
                                            evaluation=args.evaluation, vanilla_cache=cache, vanilla=args.vanilla)
