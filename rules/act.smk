@@ -14,7 +14,9 @@ try:
 except DetoxflowError as exc:
     raise WorkflowError(str(exc)) from None
 # a composition on a model of a disabled stage is skipped (as evaluation.preprompt_models does)
-_act_skipped = [v["name"] for v in _act_specs if v["start"] not in STAGES.variants()]
+# a start is a variant of an enabled stage included before, or one of this stage's own (from base)
+_act_known = set(STAGES.variants()) | {v["name"] for v in _act_specs if v["start"] == "base"}
+_act_skipped = [v["name"] for v in _act_specs if v["start"] not in _act_known]
 if ACT["enabled"] and _act_skipped:
     print(
         f"act.compose: skipping {', '.join(_act_skipped)} (start model not produced by an enabled stage)",

@@ -13,7 +13,9 @@ try:
     _steering_specs = steering_variant_specs(STEERING)
 except DetoxflowError as exc:
     raise WorkflowError(str(exc)) from None
-_steering_skipped = [v["name"] for v in _steering_specs if v["start"] not in STAGES.variants()]
+# a start is a variant of an enabled stage included before, or one of this stage's own (from base)
+_steering_known = set(STAGES.variants()) | {v["name"] for v in _steering_specs if v["start"] == "base"}
+_steering_skipped = [v["name"] for v in _steering_specs if v["start"] not in _steering_known]
 if STEERING["enabled"] and _steering_skipped:
     print(
         f"steering.compose: skipping {', '.join(_steering_skipped)} (start model not produced by an enabled stage)",

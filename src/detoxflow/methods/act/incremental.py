@@ -50,7 +50,7 @@ def estimate_maps(model, tokenizer, texts: Sequence[str], labels: Sequence[int],
             maps[name] = _fit(method, z, labels, settings)
     else:
         for i, (name, mod) in enumerate(points.items()):
-            with transport_hooks(model, maps, 1.0, clip=True):
+            with transport_hooks(model, maps, 1.0, clip=bool(settings.get("clip_while_estimating", True))):
                 acts, n = record_pooled(model, tokenizer, texts, OrderedDict([(name, mod)]),
                                         desc=f"{method}: {i + 1}/{len(points)} {name}", **rec)
             maps[name] = _fit(method, acts[name], labels, settings)

@@ -32,10 +32,12 @@ def run_estimate(model_dir, toxic_path, nontoxic_path, method: str, settings: di
     tokenizer = load_tokenizer(model_dir, padding_side="right")
     points = select_points(model, cfg["modules"])
     t0 = time.perf_counter()
-    settings_fit = dict(cfg, quantiles=cfg["linear_act"]["quantiles"], std_eps=cfg["mean_act"]["std_eps"])
+    settings_fit = dict(cfg, quantiles=cfg["linear_act"]["quantiles"], std_eps=cfg["mean_act"]["std_eps"],
+                        clip_while_estimating=cfg["linear_act"]["clip_while_estimating"])
     maps, cost = estimate_maps(model, tokenizer, texts, labels, points, method, settings_fit)
     seconds = time.perf_counter() - t0
     meta = {"model": str(model_dir), "method": method, "incremental": bool(cfg["incremental"]),
+            "clip_while_estimating": bool(cfg["linear_act"]["clip_while_estimating"]),
             "pooling": cfg["pooling"], "n_sentences": len(texts), "n_units": sum(m.beta.numel() for m in maps.values()),
             "seconds": round(seconds, 3), **cost}
     save_maps(out, maps, meta)
