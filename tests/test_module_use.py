@@ -25,7 +25,8 @@ from conftest import REPO
 from pipeline import dry_run_jobs
 
 OFFLINE = load_yaml(REPO / "workflow" / "presets" / "offline.yaml")
-NO_METHODS = {"aura": {"enabled": False}, "dinm": {"enabled": False}, "safeedit": {"enabled": False}}
+NO_METHODS = {"aura": {"enabled": False}, "dinm": {"enabled": False}, "safeedit": {"enabled": False},
+              "act": {"enabled": False}, "steering": {"enabled": False}}
 
 
 def outer_snakefile(use_line: str = "use rule * from detoxflow as detoxflow_*", module_extra: str = "") -> str:
