@@ -26,7 +26,7 @@ from pipeline import dry_run_jobs
 
 OFFLINE = load_yaml(REPO / "workflow" / "presets" / "offline.yaml")
 NO_METHODS = {"aura": {"enabled": False}, "dinm": {"enabled": False}, "safeedit": {"enabled": False},
-              "task_vectors": {"enabled": False}}
+              "task_vectors": {"enabled": False}, "act": {"enabled": False}, "steering": {"enabled": False}}
 
 
 def outer_snakefile(use_line: str = "use rule * from detoxflow as detoxflow_*", module_extra: str = "") -> str:

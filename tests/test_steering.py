@@ -34,7 +34,14 @@ def test_head_directions_match_numpy():
         assert np.allclose(d["direction"][h].numpy(), u)
         assert d["sigma"][h].item() == pytest.approx(np.std(x[:, h] @ u, ddof=1))
     assert d["accuracy"][0] == 1.0
+    assert d["separation"][0].item() == pytest.approx(np.linalg.norm(x[10:, 0].mean(0) - x[:10, 0].mean(0))
+                                                      / np.std(x[:, 0] @ (x[10:, 0].mean(0) - x[:10, 0].mean(0))
+                                                               / np.linalg.norm(x[10:, 0].mean(0) - x[:10, 0].mean(0)),
+                                                               ddof=1))
     assert select_heads({"a": d}, 1) == [("a", 0)]
+    # equal accuracies: the larger separation wins
+    tie = {"accuracy": torch.tensor([1.0, 1.0]), "separation": torch.tensor([0.5, 2.0])}
+    assert select_heads({"l0": tie}, 1) == [("l0", 1)]
     shifts = head_shifts({"a": d}, [("a", 0)], 2.0)
     assert torch.allclose(shifts["a"][:4], 2.0 * d["sigma"][0] * d["direction"][0]) and not shifts["a"][4:].any()
 

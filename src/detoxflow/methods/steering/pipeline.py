@@ -90,7 +90,8 @@ def fold_steering(model, tensors: dict, meta: dict, strength: float, settings: d
         add_to_output(model, layout(model)[1].format(i=int(meta["layer"])), float(strength) * tensors["vector"])
         return {"strength": float(strength), "layer": int(meta["layer"]), "contrast": f"{meta['positive']} - "
                 f"{meta['negative']}"}
-    per_layer = OrderedDict((name, {k: tensors[f"{name}::{k}"] for k in ("direction", "sigma", "accuracy")})
+    per_layer = OrderedDict((name, {k: tensors[f"{name}::{k}"] for k in ("direction", "sigma", "accuracy",
+                                                                       "separation") if f"{name}::{k}" in tensors})
                             for name in meta["modules"])
     top_k = int(settings["iti_c"]["top_k"])
     heads = select_heads(per_layer, top_k)
