@@ -23,7 +23,7 @@ def test_act_and_steering_branches_end_to_end(tmp_path, shared_data, tiny_gpt2_d
         aura={"enabled": True, "toxic": "davidson_offensive", "nontoxic": "davidson_neither",
               "sentences_per_class": 8, "max_tokens": 32, "det0": {"enabled": False}, "damp": {"enabled": False},
               "plots": False},
-        act={"enabled": True, **data, "methods": ["linear_act", "mean_act"], "strengths": [1.0],
+        act={"enabled": True, **data, "methods": ["linear_act", "mean_act"], "strengths": [1.0], "incremental": True,
              "compose": [{"start": "aura", "method": "linear_act", "strengths": [0.5]}]},
         steering={"enabled": True, **data, "iti_c": {"enabled": True, "top_k": 2, "strengths": [2.0]},
                   "actadd": {"enabled": True, "layer": 1, "strengths": [3.0]}},

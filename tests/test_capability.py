@@ -256,7 +256,7 @@ def test_the_paper_presets_list_auras_zero_shot_tasks_kqa_and_csum():
                                REPO / "workflow/presets/offline.yaml"])["capability"]
         assert offline["tasks"] == ["lastword"]
     default = load_config([REPO / "config.yaml"])["capability"]
-    assert default["enabled"] and default["tasks"] == ["lastword"] and default["lastword"]["n_examples"] == 300
+    assert default["enabled"] and default["tasks"] == ["lastword"] and default["lastword"]["n_examples"] == 100
 
 
 def run_cli(*argv) -> tuple[int, str]:

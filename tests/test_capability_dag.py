@@ -15,7 +15,7 @@ def test_default_offline_run_evaluates_every_variant_on_lastword(tmp_path, share
     jobs = dry_run_jobs(tmp_path, [REPO / "workflow/presets/offline.yaml"], "--config", f"data_root={shared_data}")
     rules = [j["rule"] for j in jobs]
     variants = {j["wildcards"]["model"] for j in jobs if j["rule"] == "perplexity"}
-    assert variants >= {"base", "aura", "det0_k1000", "damp_k1000", "dinm"}
+    assert variants >= {"base", "aura", "dinm", "tv_merge_n5_l1.0", "tv_single_l0.5", "linear_act", "aura--linear_act"}
     assert {j["wildcards"]["model"] for j in jobs if j["rule"] == "capability"} == variants
     assert rules.count("capability_lastword") == 1 and rules.count("capability_plot") == 1
     job = next(j for j in jobs if j["rule"] == "capability")
