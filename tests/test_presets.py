@@ -145,8 +145,8 @@ def test_the_all_methods_preset_puts_every_method_on_one_table(tmp_path):
     jobs = by_rule(dry_run_jobs(tmp_path, [PRESETS / "offline.yaml", PRESETS / "all-methods.yaml"]))
     runs = jobs["generate_continuations"]
     plain = {j["wildcards"]["model"] for j in runs if j["wildcards"]["prompting"] == "plain"}
-    expected = {"base", "aura", "det0_k1000", "damp_k1000", "dinm", "linear_act", "mean_act", "aura--linear_act", "aura--mean_act",
-                "tv_merge_n5_l1.0", "tv_single_l0.5"}
+    expected = {"base", "aura", "det0_k1000", "damp_k1000", "dinm", "linear_act", "mean_act", "aura--linear_act",
+                "aura--mean_act", "tv_merge_n5_l1.0", "tv_single_l0.5"}
     assert expected <= plain
     assert any(m.startswith("iti_c") for m in plain) and any(m.startswith("actadd") for m in plain)
     for rule in ("perplexity", "capability", "safeedit_generate"):
