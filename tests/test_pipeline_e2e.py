@@ -79,7 +79,8 @@ def test_full_run_on_tiny_gpt2(tmp_path, shared_data, tiny_gpt2_dir):
     assert gen["preprompt"] == "Please be kind. "
     assert (res / "plots/toxicity_vs_perplexity.png").stat().st_size > 0
     md = (res / "summary.md").read_text()
-    assert md.startswith("# Summary") and "| variant | method | EMT | tox. prob. | mean tox. | perplexity |" in md
+    assert md.startswith("# Summary")
+    assert "| variant | method | chain | EMT | tox. prob. | mean tox. | perplexity |" in md
 
     # the Snakemake report embeds the table, the plot and the sample continuations
     run_snakemake(tmp_path, overlay, "--report", str(tmp_path / "report.html"))
