@@ -98,15 +98,21 @@ def test_declared_prompt_suffix_is_read_and_checked(tmp_path, tiny_gpt2_dir):
         prompt_suffix({"suffix": "A", "suffix_for": "some"}, None)
 
 
-def test_cli_data_generate_score_edit(tmp_path, tiny_gpt2_dir, shared_data):
+def _standin_files(tmp_path, shared_data, *, n_rows: int, n_train: int, n_test: int):
+    """train.json and test.json of the SafeEdit stand-in, built by `safeedit-data` from AdvBench's first rows."""
     adv = tmp_path / "advbench.jsonl"
-    rows = pd.read_csv(shared_data / "advbench" / "harmful_behaviors.csv").head(12)
+    rows = pd.read_csv(shared_data / "advbench" / "harmful_behaviors.csv").head(n_rows)
     adv.write_text("\n".join(json.dumps({"text": g, "target": t}) for g, t in zip(rows["goal"], rows["target"])))
-    standin = dict(section_defaults("safeedit")["data"]["standin"], n_train=1, n_test=2, seed=1)
+    standin = dict(section_defaults("safeedit")["data"]["standin"], n_train=n_train, n_test=n_test, seed=1)
     settings = json.dumps({"source": "standin", "standin": standin})
     train, test = tmp_path / "train.json", tmp_path / "test.json"
     assert main(["safeedit-data", "--settings", settings, "--advbench", str(adv), "--train", str(train),
                  "--test", str(test)]) == 0
+    return train, test
+
+
+def test_cli_data_generate_score_edit(tmp_path, tiny_gpt2_dir, shared_data):
+    train, test = _standin_files(tmp_path, shared_data, n_rows=12, n_train=1, n_test=2)
     assert len(json.loads(train.read_text())) == 1 and len(json.loads(test.read_text())) == 2
 
     gen = tmp_path / "gen.jsonl"
@@ -157,13 +163,7 @@ def test_edit_under_auto_dtype_is_float32_on_a_bf16_cpu(tmp_path, tiny_gpt2_dir,
 
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
     assert runtime.resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
-    adv = tmp_path / "advbench.jsonl"
-    rows = pd.read_csv(shared_data / "advbench" / "harmful_behaviors.csv").head(4)
-    adv.write_text("\n".join(json.dumps({"text": g, "target": t}) for g, t in zip(rows["goal"], rows["target"])))
-    standin = dict(section_defaults("safeedit")["data"]["standin"], n_train=1, n_test=1, seed=1)
-    train = tmp_path / "train.json"
-    assert main(["safeedit-data", "--settings", json.dumps({"source": "standin", "standin": standin}), "--advbench",
-                 str(adv), "--train", str(train), "--test", str(tmp_path / "test.json")]) == 0
+    train, _ = _standin_files(tmp_path, shared_data, n_rows=4, n_train=1, n_test=1)
     settings = json.dumps(DinmSettings.defaults(lr=1e-2, steps=1, suffix="Answer:").as_dict())
     dtypes = {}
     for dtype in ("auto", "bfloat16"):
